@@ -1,0 +1,143 @@
+# memvirt - plain Makefile. `make help` lists the targets; V=1 shows the commands.
+
+PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+BINDIR  ?= $(PREFIX)/bin
+DESTDIR ?=
+CC      ?= cc
+WERROR  ?= 1
+B       := build
+
+VERSION := $(shell sed -n 's/^\#define MV_VERSION_STRING "\(.*\)"/\1/p' include/memvirt/memvirt.h)
+MAJOR   := $(firstword $(subst ., ,$(VERSION)))
+SONAME  := libmemvirt.so.$(MAJOR)
+
+DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev gnuplot-nox
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
+            -fdiagnostics-show-option -fmessage-length=0
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
+CFLAGS   ?= -O2 -g
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner $(WARN)
+LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
+LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -pthread
+SAN      ?=
+ifeq ($(SAN),asan)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=address,undefined
+B        := build/asan
+endif
+ifeq ($(SAN),tsan)
+CFLAGS   += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS  += -fsanitize=thread
+B        := build/tsan
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+LIB_SRC   := $(wildcard libmemvirt/*.c ksm-scanner/*.c)
+LIB_OBJ   := $(LIB_SRC:%.c=$(B)/obj/%.o)
+TOOL_SRC  := $(wildcard tools/*.c bench/*.c)
+TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
+TEST_SRC  := $(wildcard tests/*/test_*.c)
+TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
+TEST_HELP := $(wildcard tests/common/*.c)
+
+.PHONY: all deps test run install uninstall clean help asan tsan check-exports headers
+all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt.pc $(B)/memvirt
+
+help:
+	@echo "make            build library (.so, .a), memvirt.pc and the memvirt CLI into build/"
+	@echo "make deps       install missing Debian packages: $(DEBS)"
+	@echo "make test       build and run every test (TEST=name runs one binary)"
+	@echo "make run        build and run the main job (memvirt bench scan --profile scattered)"
+	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
+	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
+	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
+
+deps:
+	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then echo "  DEPS  installing:$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+		else echo "missing packages; run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
+
+$(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(LIBFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/libmemvirt.so: $(LIB_OBJ)
+	@echo "  LD    $@"
+	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@.$(VERSION) $(LIB_OBJ) $(LDLIBS_LIB)
+	$(Q)ln -sf libmemvirt.so.$(VERSION) $(B)/$(SONAME)
+	$(Q)ln -sf libmemvirt.so.$(VERSION) $@
+
+$(B)/libmemvirt.a: $(LIB_OBJ)
+	@echo "  AR    $@"
+	$(Q)rm -f $@ && ar rcs $@ $(LIB_OBJ)
+
+$(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
+	@echo "  GEN   $@"
+	$(Q)mkdir -p $(B) && sed -e 's|@PREFIX@|$(PREFIX)|;s|@LIBDIR@|$(LIBDIR)|;s|@INCDIR@|$(INCDIR)|;s|@VERSION@|$(VERSION)|' $< > $@
+
+# The CLI links the static library: bench code uses internal symbols for its figures.
+$(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
+
+$(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(BASEFLAGS) -Itests/common $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
+
+check-exports: $(B)/libmemvirt.so
+	@bad=$$(nm -D --defined-only $(B)/libmemvirt.so | awk '$$2 ~ /[TDBRW]/ {print $$3}' | grep -v '^mv_' | grep -vE '^(_init|_fini|_edata|_end|__bss_start)$$'); \
+	if [ -n "$$bad" ]; then echo "exported names without mv_ prefix: $$bad"; exit 1; fi; echo "  OK    exports are mv_ only"
+
+headers:
+	@for h in include/memvirt/*.h; do \
+		echo "#include <memvirt/$$(basename $$h)>" | $(CC) -std=c11 -Iinclude -Wall -Werror -x c -c -o /dev/null - || exit 1; \
+		echo "#include <memvirt/$$(basename $$h)>" | g++ -Iinclude -Wall -Werror -x c++ -c -o /dev/null - || exit 1; \
+	done; echo "  OK    public headers compile alone, as C and C++"
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+	$(Q)$(MAKE) --no-print-directory check-exports headers
+	$(Q)tests/run-tests $(B)/tests $(TEST)
+
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)$(B)/memvirt bench scan --profile scattered --vs-ksm
+
+asan:
+	$(Q)$(MAKE) --no-print-directory SAN=asan test
+tsan:
+	$(Q)$(MAKE) --no-print-directory SAN=tsan test
+
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/memvirt $(DESTDIR)$(BINDIR)
+	install -m 644 include/memvirt/*.h $(DESTDIR)$(INCDIR)/memvirt/
+	install -m 755 $(B)/libmemvirt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libmemvirt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf libmemvirt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmemvirt.so
+	install -m 644 $(B)/libmemvirt.a $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(B)/memvirt.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 755 $(B)/memvirt $(DESTDIR)$(BINDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libmemvirt.* $(DESTDIR)$(LIBDIR)/pkgconfig/memvirt.pc $(DESTDIR)$(BINDIR)/memvirt
+	rm -rf $(DESTDIR)$(INCDIR)/memvirt
+
+clean:
+	rm -rf build
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,101 @@
+/* ksm.h - the page-sharing scanner's private types: page states, index nodes, page stores. */
+#ifndef MV_KSM_H
+#define MV_KSM_H
+
+#include "internal.h"
+
+/* Life of a guest page, as the scanner sees it. */
+enum mv_pstate {
+	PS_NEW = 0,  /* not looked at yet (or written since it was merged into ZERO) */
+	PS_CLEAN,    /* hashed and write-protected; unique so far */
+	PS_ZERO,     /* released: reads hit the kernel's zero page */
+	PS_MERGED,   /* backed by a canonical page of the store, copy-on-write */
+	PS_PRIVATE,  /* lives in a store mapping but has its own copy (COW broken, unmerged) */
+};
+
+#define PF_RETRY 0x1 /* hashed and protected; merge when found unwritten next time */
+#define PF_OWNER 0x2 /* an unstable index node points at this page */
+
+#define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
+
+struct mv_page {
+	uint64_t hash;         /* XXH3 of the content when last hashed */
+	struct mv_node *node;  /* PS_MERGED: the canonical page's node, one reference held */
+	int64_t vkey;          /* which mapping holds the page: MV_VKEY_ANON or a store key;
+	                          neighbours with equal keys share one VMA */
+	uint8_t state, flags;
+	_Atomic uint8_t rescan; /* set by another worker: this page's twin was found */
+};
+
+/* An index entry. Unstable: one guest page seen with this content. Stable: a canonical
+ * page in the store that `refs` guest pages map. Freed through call_rcu. */
+struct mv_node {
+	struct cds_lfht_node lf;
+	uint64_t hash;
+	uint32_t nid;              /* NUMA node of its store (0 with cross_node_merge) */
+	bool stable;
+	_Atomic long refs;         /* stable: guest pages mapped to it; 0 = dying */
+	uint32_t slot;             /* stable: page slot in the node's store */
+	struct mv_region *region;  /* unstable: where the page lives */
+	uint64_t idx;
+	struct rcu_head rcu;
+};
+
+/* A domain's page store for one NUMA node: a sparse memfd cut in 2 MiB extents placed
+ * at random offsets, so that canonical pages land in fresh, unpredictable slots. */
+struct mv_store {
+	int fd;
+	uint32_t id, nid;
+	uint8_t *view;             /* shared mapping of the whole file, for compare and fill */
+	uint32_t nr_extents;
+	uint64_t *ext_used;        /* bit per extent */
+	struct mv_extent **ext;    /* lazily allocated */
+	uint32_t free_extents;
+};
+
+struct mv_extent {
+	uint64_t bits[MV_CHUNK_PAGES / 64];
+	unsigned live;
+};
+
+/* store.c - callers hold the domain lock for alloc/free. */
+int mv__store_new(struct mv_host *h, uint32_t id, uint32_t nid, struct mv_store **out);
+void mv__store_free_all(struct mv_store *s);
+static inline uint8_t *mv__store_page(const struct mv_store *s, uint32_t slot)
+{
+	return s->view + (uint64_t)slot * MV_PAGE_SIZE;
+}
+int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot);
+void mv__store_release(struct mv_host *h, struct mv_store *s, uint32_t slot);
+static inline int64_t mv__vkey(const struct mv_store *s, uint32_t slot, uintptr_t hva)
+{
+	return ((int64_t)s->id << 48) + (int64_t)slot - (int64_t)(hva >> MV_PAGE_SHIFT);
+}
+
+/* index.c - lookups under rcu_read_lock; changes take the domain lock. */
+int mv__index_new(struct mv_domain *d);
+void mv__index_free(struct mv_domain *d);
+struct mv_node *mv__index_find(struct mv_domain *d, uint64_t hash, uint32_t nid);
+void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
+                            struct mv_region *r, uint64_t idx);
+void mv__index_drop_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
+                             const struct mv_region *r, uint64_t idx);
+int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, uint32_t nid,
+                      const void *content, int64_t preferred, struct mv_node **out);
+bool mv__node_get(struct mv_node *n);
+void mv__node_put(struct mv_domain *d, struct mv_node *n, long refs);
+
+/* scan.c */
+struct mv_scan_ctx {
+	struct mv_host *h;
+	unsigned worker;
+	double cpu_share;          /* cores; <= 0: unlimited */
+	uint64_t win_wall, win_cpu; /* start of the current throttle window */
+};
+void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
+int mv__region_unmerge(struct mv_host *h, struct mv_region *r);
+void mv__region_forget(struct mv_host *h, struct mv_region *r);
+uint64_t mv__hash_page(const struct mv_host *h, const void *page);
+void mv__vma_refresh(struct mv_host *h, bool force);
+
+#endif

@@ -1,0 +1,129 @@
+/* internal.h - libmemvirt's private types: host, trust domain, VM, region, counters. */
+#ifndef MV_INTERNAL_H
+#define MV_INTERNAL_H
+
+#include <memvirt/memvirt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <urcu-bp.h>
+#include <urcu/rculfhash.h>
+#include <urcu/list.h>
+
+#include "prim.h"
+
+#define MV_API __attribute__((visibility("default")))
+
+/* Counters kept at three levels (VM, its domain, the host), updated together. */
+enum mv_counter {
+	MV_C_SCANNED, MV_C_MERGED, MV_C_SHARED, MV_C_ZERO, MV_C_VOLATILE, MV_C_COW_BREAKS,
+	MV_C_VMAS, MV_C_LEFT_VMA, MV_C_LEFT_THP, MV_C_CPU_NS, MV_C_FULL_SCANS, MV_C_NR
+};
+struct mv_counters { _Atomic int64_t v[MV_C_NR]; };
+
+struct mv_page;   /* scanner state of one guest page: ksm-scanner/ksm.h */
+struct mv_store;
+
+/* One registered memslot. Immutable after publication except `dead` and the page states,
+ * which only the worker that holds the VM (vm->busy) or the region's remover touch. */
+struct mv_region {
+	uint32_t slot, flags;
+	uint64_t gpa, size, npages;
+	uint8_t *hva;
+	struct mv_vm *vm;
+	bool mergeable;          /* private anonymous and not MV_REGION_NEVER_MERGE */
+	bool registered;         /* with the host's userfaultfd */
+	_Atomic bool dead;       /* being removed: readers must not touch hva */
+	struct mv_page *pages;   /* npages entries */
+	_Atomic long vmas;       /* mappings added by merging in this region */
+	struct rcu_head rcu;
+};
+
+/* RCU-published, sorted by gpa, replaced whole on every change. */
+struct mv_region_map {
+	unsigned n;
+	struct mv_region *r[];
+};
+
+/* A trust domain: pages merge only inside one. Owns its content index and page stores. */
+struct mv_domain {
+	struct cds_list_head link;     /* host->domains, under host->lock */
+	char name[80];
+	int refs;                      /* VMs in it, under host->lock */
+	struct mv_host *host;
+	struct cds_lfht *index;        /* content hash -> struct mv_node */
+	pthread_mutex_t lock;          /* serialises index changes and slot allocation */
+	unsigned nr_stores;
+	struct mv_store **stores;      /* one per NUMA node */
+	struct mv_counters c;
+};
+
+struct mv_vm {
+	struct cds_list_head link;     /* host->vms, under host->lock */
+	struct mv_host *host;
+	char name[64];
+	struct mv_domain *dom;
+	struct mv_region_map *map;     /* RCU pointer; writers hold vm->lock */
+	pthread_mutex_t lock;          /* region add/remove, merging switch */
+	bool merging;                  /* under vm->lock; read by workers */
+	bool busy;                     /* a worker is scanning it, under host->lock */
+	bool dying;                    /* under host->lock */
+	struct mv_counters c;
+};
+
+/* The write-protect exclusion: the fault handler never unprotects a page inside a chunk
+ * that a worker is comparing and replacing. */
+#define MV_MAX_WORKERS 16
+struct mv_batch_gate {
+	pthread_mutex_t lock;
+	pthread_cond_t done;
+	uintptr_t lo[MV_MAX_WORKERS + 1], hi[MV_MAX_WORKERS + 1]; /* active ranges, 0 = none */
+};
+
+struct mv_host {
+	struct mv_host_config cfg;
+	struct mv_topology topo;
+	const struct mv_prim *prim;
+	int uffd, pagemap_fd, stop_fd;
+	uint8_t secret[192];           /* XXH3 secret: a guest cannot aim at one bucket */
+	uint64_t zero_hash;
+	pthread_mutex_t lock;          /* vms, domains, workers, busy flags */
+	pthread_cond_t idle;           /* a VM stopped being busy */
+	struct cds_list_head vms, domains;
+	struct mv_batch_gate gate;
+	pthread_t fault_thread;
+	bool fault_thread_up;
+	pthread_t workers[MV_MAX_WORKERS];
+	unsigned nr_workers;
+	atomic_bool stopping;
+	_Atomic long vma_limit;        /* mappings the scanner may hold */
+	_Atomic int64_t fault_cpu_ns;
+	uint64_t vma_checked_ns;       /* last auto-budget refresh */
+	struct mv_counters c;
+};
+
+/* counters.c */
+void mv__count(struct mv_vm *vm, enum mv_counter which, int64_t delta);
+void mv__counters_to_stats(const struct mv_counters *c, struct mv_scan_stats *out);
+
+/* log.c */
+void mv__log(struct mv_host *h, enum mv_log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* vm.c */
+struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa);
+int mv__vm_hold_next(struct mv_host *h, struct mv_vm *after, struct mv_vm **out);
+void mv__vm_release(struct mv_vm *vm);
+void mv__vm_remove_all(struct mv_vm *vm);
+
+/* domain.c */
+int mv__domain_get(struct mv_host *h, const char *name, struct mv_domain **out);
+void mv__domain_put(struct mv_domain *d);
+
+/* The per-host fault handler and the batch gate: ksm-scanner/track.c */
+int mv__track_start(struct mv_host *h);
+void mv__track_stop(struct mv_host *h);
+void mv__gate_enter(struct mv_host *h, unsigned worker, void *lo, size_t len);
+void mv__gate_leave(struct mv_host *h, unsigned worker);
+
+#endif

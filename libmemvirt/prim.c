@@ -1,0 +1,261 @@
+/* prim.c - Linux implementation of the OS seam (mmap, madvise, userfaultfd, pagemap, numa). */
+#include "prim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <numa.h>
+#include <numaif.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+struct pm_page_region { uint64_t start, end, categories; };
+struct pm_scan_arg {
+	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define PM_PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#define PM_RETURN_MASK (MV_PAGE_IS_WRITTEN | MV_PAGE_IS_FILE | MV_PAGE_IS_PRESENT | \
+                        MV_PAGE_IS_SWAPPED | MV_PAGE_IS_PFNZERO | MV_PAGE_IS_HUGE)
+
+static int neg_errno(long r) { return r < 0 ? -errno : 0; }
+
+static int map_private_fixed(void *addr, size_t len, int fd, off_t off)
+{
+	void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, off);
+	return p == MAP_FAILED ? -errno : 0;
+}
+
+static int dontneed(const struct iovec *iov, size_t n)
+{
+	static int no_pmadv;
+	if (n > 1 && !no_pmadv) {
+		static int pidfd = -1;
+		if (pidfd < 0)
+			pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+		if (pidfd >= 0) {
+			size_t done = 0;
+			while (done < n) {
+				size_t k = n - done > 1024 ? 1024 : n - done;
+				size_t want = 0;
+				for (size_t i = 0; i < k; i++)
+					want += iov[done + i].iov_len;
+				long r = syscall(SYS_process_madvise, pidfd, iov + done, k, MADV_DONTNEED, 0);
+				if (r < 0 || (size_t)r != want)
+					break;
+				done += k;
+			}
+			if (done == n)
+				return 0;
+			iov += done;
+			n -= done;
+		}
+		no_pmadv = 1;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED))
+			return -errno;
+	return 0;
+}
+
+static int populate_write(void *addr, size_t len)
+{
+	return neg_errno(madvise(addr, len, MADV_POPULATE_WRITE));
+}
+
+static int uffd_wp(int uffd, void *addr, size_t len, int wp)
+{
+	struct uffdio_writeprotect a = {
+		.range = { (uintptr_t)addr, len },
+		.mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return neg_errno(ioctl(uffd, UFFDIO_WRITEPROTECT, &a));
+}
+
+static int uffd_wake(int uffd, void *addr, size_t len)
+{
+	struct uffdio_range r = { (uintptr_t)addr, len };
+	return neg_errno(ioctl(uffd, UFFDIO_WAKE, &r));
+}
+
+static int uffd_register_wp(int uffd, void *addr, size_t len)
+{
+	struct uffdio_register r = { .range = { (uintptr_t)addr, len },
+	                             .mode = UFFDIO_REGISTER_MODE_WP };
+	return neg_errno(ioctl(uffd, UFFDIO_REGISTER, &r));
+}
+
+static int uffd_unregister(int uffd, void *addr, size_t len)
+{
+	struct uffdio_range r = { (uintptr_t)addr, len };
+	return neg_errno(ioctl(uffd, UFFDIO_UNREGISTER, &r));
+}
+
+static int page_categories(int pagemap_fd, const void *addr, size_t n, uint8_t *cat)
+{
+	struct pm_page_region vec[MV_CHUNK_PAGES];
+	uintptr_t start = (uintptr_t)addr, end = start + n * MV_PAGE_SIZE;
+	memset(cat, 0, n);
+	while (start < end) {
+		struct pm_scan_arg a = {
+			.size = sizeof(a), .start = start, .end = end,
+			.vec = (uintptr_t)vec, .vec_len = MV_CHUNK_PAGES, .return_mask = PM_RETURN_MASK,
+		};
+		long r = ioctl(pagemap_fd, PM_PAGEMAP_SCAN, &a);
+		if (r < 0)
+			return -errno;
+		for (long i = 0; i < r; i++)
+			for (uint64_t p = vec[i].start; p < vec[i].end; p += MV_PAGE_SIZE)
+				cat[(p - (uintptr_t)addr) >> MV_PAGE_SHIFT] = (uint8_t)vec[i].categories;
+		if (a.walk_end <= start)
+			return -EIO;
+		start = a.walk_end;
+	}
+	return 0;
+}
+
+static int punch(int fd, off_t off, size_t len)
+{
+	return neg_errno(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len));
+}
+
+const struct mv_prim mv__prim_linux = {
+	.map_private_fixed = map_private_fixed,
+	.dontneed = dontneed,
+	.populate_write = populate_write,
+	.uffd_wp = uffd_wp,
+	.uffd_wake = uffd_wake,
+	.uffd_register_wp = uffd_register_wp,
+	.uffd_unregister = uffd_unregister,
+	.page_categories = page_categories,
+	.punch = punch,
+};
+
+int mv__uffd_open(int *out)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return errno == ENOSYS ? -ENOSYS : -errno;
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int e = errno;
+		close(fd);
+		return e == EINVAL ? -ENOSYS : -e;
+	}
+	*out = fd;
+	return 0;
+}
+
+int mv__memfd_store(const char *name, size_t size, int *out)
+{
+	int fd = memfd_create(name, MFD_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size)) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	*out = fd;
+	return 0;
+}
+
+int mv__read_long(const char *path, long *out)
+{
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	int ok = fscanf(f, "%ld", out) == 1;
+	fclose(f);
+	return ok ? 0 : -EIO;
+}
+
+int mv__count_maps(long *out)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	char buf[1 << 16];
+	long lines = 0;
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < r; i++)
+			lines += buf[i] == '\n';
+	int e = r < 0 ? -errno : 0;
+	close(fd);
+	*out = lines;
+	return e;
+}
+
+/* 1 if every mapping in [addr, addr+len) is private, 0 if one is shared, -errno. */
+int mv__vma_is_private(const void *addr, size_t len)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len, s, e, covered = lo;
+	char perms[8], line[512];
+	int result = 1;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3 || e <= lo || s >= hi)
+			continue;
+		if (s > covered || perms[3] != 'p')
+			result = 0;
+		covered = e;
+	}
+	fclose(f);
+	return covered < hi ? -EFAULT : result;
+}
+
+int mv__random(void *buf, size_t len)
+{
+	uint8_t *p = buf;
+	while (len) {
+		ssize_t r = getrandom(p, len, 0);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		p += r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+int mv__numa_node_of(void *opaque, const void *hva)
+{
+	int node = -1;
+	if (get_mempolicy(&node, NULL, 0, (void *)hva, MPOL_F_NODE | MPOL_F_ADDR))
+		return -1;
+	return node;
+}
+
+unsigned mv__numa_nodes(void)
+{
+	if (numa_available() < 0)
+		return 1;
+	int n = numa_max_node() + 1;
+	return n > 0 ? (unsigned)n : 1;
+}
+
+uint64_t mv__thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t mv__mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,61 @@
+/* prim.h - the one seam between memvirt and the operating system.
+ *
+ * Every mmap, madvise, userfaultfd, pagemap and libnuma call of the library goes through
+ * `struct mv_prim`. Each operation returns 0 (or a count) or -errno, never sets errno
+ * for the caller. Tests swap in a table with a failing entry to inject faults.
+ */
+#ifndef MV_PRIM_H
+#define MV_PRIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* PAGEMAP_SCAN (Linux 6.7) may be missing from the installed uapi headers. */
+#define MV_PAGE_IS_WRITTEN (1u << 1)
+#define MV_PAGE_IS_FILE    (1u << 2)
+#define MV_PAGE_IS_PRESENT (1u << 3)
+#define MV_PAGE_IS_SWAPPED (1u << 4)
+#define MV_PAGE_IS_PFNZERO (1u << 5)
+#define MV_PAGE_IS_HUGE    (1u << 6)
+
+#define MV_PAGE_SIZE  4096ul
+#define MV_PAGE_SHIFT 12
+#define MV_CHUNK_PAGES 512ul                     /* one 2 MiB batch */
+#define MV_CHUNK_SIZE (MV_CHUNK_PAGES * MV_PAGE_SIZE)
+
+struct mv_prim {
+	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_FIXED, fd, off): back [addr, addr+len) by a
+	 * private copy-on-write view of fd. Never populates. */
+	int (*map_private_fixed)(void *addr, size_t len, int fd, off_t off);
+	/* madvise(MADV_DONTNEED) on n ranges (process_madvise when n > 1 and available). */
+	int (*dontneed)(const struct iovec *iov, size_t n);
+	/* madvise(MADV_POPULATE_WRITE): break copy-on-write without changing the bytes. */
+	int (*populate_write)(void *addr, size_t len);
+	/* userfaultfd write-protect (wp = 1) or unprotect and wake (wp = 0). */
+	int (*uffd_wp)(int uffd, void *addr, size_t len, int wp);
+	int (*uffd_wake)(int uffd, void *addr, size_t len);
+	int (*uffd_register_wp)(int uffd, void *addr, size_t len);
+	int (*uffd_unregister)(int uffd, void *addr, size_t len);
+	/* Page categories (MV_PAGE_IS_*) of n pages from addr, one byte each into cat[]. */
+	int (*page_categories)(int pagemap_fd, const void *addr, size_t n, uint8_t *cat);
+	/* Punch [off, off+len) out of a memfd. */
+	int (*punch)(int fd, off_t off, size_t len);
+};
+
+extern const struct mv_prim mv__prim_linux;
+
+/* One-shot helpers (not on hot paths). */
+int mv__uffd_open(int *out);                 /* sync write-protect userfaultfd */
+int mv__memfd_store(const char *name, size_t size, int *out);
+int mv__read_long(const char *path, long *out);
+int mv__count_maps(long *out);               /* lines of /proc/self/maps */
+int mv__vma_is_private(const void *addr, size_t len); /* 1, 0 or -errno */
+int mv__random(void *buf, size_t len);
+int mv__numa_node_of(void *opaque, const void *hva);
+unsigned mv__numa_nodes(void);
+uint64_t mv__thread_cpu_ns(void);
+uint64_t mv__mono_ns(void);
+
+#endif

@@ -1,0 +1,33 @@
+/* testutil.h - helpers shared by the cmocka tests: guest memory, PFNs, content. */
+#ifndef MV_TESTUTIL_H
+#define MV_TESTUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define TPAGE 4096ul
+
+/* Private anonymous "guest RAM" of n pages, 2 MiB aligned, every page touched. */
+uint8_t *tu_guest_alloc(size_t pages);
+void tu_guest_free(uint8_t *mem, size_t pages);
+
+/* Physical frame of the page at addr (via /proc/self/pagemap; needs root), 0 if absent. */
+uint64_t tu_pfn(const void *addr);
+/* True if the page is mapped to the kernel's shared zero page or not populated. */
+bool tu_is_zero_pfn(const void *addr);
+
+/* Fill a page with bytes derived from seed (seed 0 = zero page). */
+void tu_fill(void *page, uint64_t seed);
+
+/* Deterministic PRNG (splitmix64). */
+uint64_t tu_rand(uint64_t *state);
+
+/* A host with a quiet config suitable for tests; asserts success. */
+struct mv_host;
+struct mv_host *tu_host(void);
+
+/* Skip the calling cmocka test with a reason printed. */
+#define TU_SKIP(...) do { printf("[  SKIP    ] " __VA_ARGS__); printf("\n"); skip(); } while (0)
+
+#endif
