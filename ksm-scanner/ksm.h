@@ -6,11 +6,11 @@
 
 /* Life of a guest page, as the scanner sees it. */
 enum mv_pstate {
-	PS_NEW = 0,  /* not looked at yet (or written since it was merged into ZERO) */
+	PS_NEW = 0,  /* to look at: never seen, or written since it was released or merged
+	                (then it may live in a store mapping with a private copy) */
 	PS_CLEAN,    /* hashed and write-protected; unique so far */
 	PS_ZERO,     /* released: reads hit the kernel's zero page */
 	PS_MERGED,   /* backed by a canonical page of the store, copy-on-write */
-	PS_PRIVATE,  /* lives in a store mapping but has its own copy (COW broken, unmerged) */
 };
 
 #define PF_RETRY 0x1 /* hashed and protected; merge when found unwritten next time */

@@ -91,7 +91,7 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 	case PS_CLEAN:
 		if (!present) {
 			if (!(cat & MV_PAGE_IS_SWAPPED))
-				p->state = PS_NEW; /* dropped by someone (balloon): nothing to share */
+				p->state = PS_NEW; /* dropped (by a balloon): nothing to share */
 			return NEED_NO;
 		}
 		if (cat & MV_PAGE_IS_WRITTEN) {
@@ -110,7 +110,7 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 		if (present && !(cat & MV_PAGE_IS_FILE)) {
 			mv__node_put(c->d, p->node, 1);
 			p->node = NULL;
-			p->state = PS_PRIVATE;
+			p->state = PS_NEW; /* a private copy inside the store mapping */
 			c->cow++;
 		}
 		return NEED_NO;
@@ -119,12 +119,8 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 	}
 }
 
-static bool anon_state(const struct mv_page *p)
-{
-	return p->state == PS_NEW || p->state == PS_CLEAN || p->state == PS_ZERO;
-}
-
-/* Step 2: write-protect each run of anonymous pages that holds a page to look at. */
+/* Step 2: write-protect the pages to look at, one ioctl per stretch of pages that are
+ * not merged (merged pages need no protection: a write to them copies). */
 static void protect(struct chunk *c)
 {
 	struct mv_host *h = c->ctx->h;
@@ -135,7 +131,7 @@ static void protect(struct chunk *c)
 			continue;
 		}
 		unsigned a = i, b = i;
-		while (b < c->n && anon_state(page_of(c, b)))
+		while (b < c->n && page_of(c, b)->state != PS_MERGED)
 			b++;
 		unsigned last = a;
 		for (unsigned k = a; k < b; k++)
@@ -193,8 +189,8 @@ static void decide(struct chunk *c, unsigned i)
 			return; /* volatile: look again next pass */
 	}
 	p->flags &= (uint8_t)~PF_RETRY;
-	if (p->hash == h->zero_hash && is_zero(addr)) {
-		c->act[i] = ACT_ZERO;
+	if (p->hash == h->zero_hash && p->vkey == MV_VKEY_ANON && is_zero(addr)) {
+		c->act[i] = ACT_ZERO; /* (inside a store mapping, a dropped page would read the store) */
 		return;
 	}
 	struct mv_node *n = mv__index_find(c->d, p->hash, c->nid);
@@ -251,19 +247,18 @@ static void release_zero(struct chunk *c)
 		}
 }
 
-/* Mappings added when [a, b) of the region (all anonymous now) takes mapping `key`. */
+/* Mappings added when pages [a, b) of the region take mapping `key`: boundaries between
+ * neighbours with different keys, after minus before. */
 static long vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t key)
 {
 	long d = 0;
-	if (a > 0) {
-		int64_t l = r->pages[a - 1].vkey;
-		d += (l != key) - (l != MV_VKEY_ANON);
+	uint64_t lo = a > 0 ? a - 1 : a, hi = b < r->npages ? b + 1 : b;
+	for (uint64_t k = lo; k + 1 < hi; k++) {
+		int64_t x = r->pages[k].vkey, y = r->pages[k + 1].vkey;
+		int64_t nx = k >= a && k < b ? key : x, ny = k + 1 >= a && k + 1 < b ? key : y;
+		d += (nx != ny) - (x != y);
 	}
-	if (b < r->npages) {
-		int64_t rk = r->pages[b].vkey;
-		d += (rk != key) - (rk != MV_VKEY_ANON);
-	}
-	return d; /* inside the run: no boundary before, none after */
+	return d;
 }
 
 static bool vma_charge(struct mv_host *h, long delta)
@@ -324,8 +319,12 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	}
 }
 
+/* Step 4b for the chunk; then register the new mappings for write tracking, so that
+ * pages that later get a private copy can be protected and merged again. */
 static void map_merges(struct chunk *c)
 {
+	struct mv_host *h = c->ctx->h;
+	int64_t before = c->merged;
 	unsigned i = 0;
 	while (i < c->n) {
 		if (c->act[i] != ACT_MERGE) {
@@ -339,6 +338,8 @@ static void map_merges(struct chunk *c)
 		map_run(c, i, b);
 		i = b;
 	}
+	if (c->merged != before && h->uffd_shmem)
+		h->prim->uffd_register_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE);
 }
 
 static void flush_counters(struct chunk *c)
@@ -497,7 +498,7 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 			for (uint64_t k = i; k < b; k++) {
 				mv__node_put(r->vm->dom, r->pages[k].node, 1);
 				r->pages[k].node = NULL;
-				r->pages[k].state = PS_PRIVATE;
+				r->pages[k].state = PS_NEW;
 			}
 			merged += b - i;
 		}

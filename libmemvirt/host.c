@@ -59,7 +59,7 @@ void mv__vma_refresh(struct mv_host *h, bool force)
 
 static int host_open_fds(struct mv_host *h)
 {
-	int err = mv__uffd_open(&h->uffd);
+	int err = mv__uffd_open(&h->uffd, &h->uffd_shmem);
 	if (err)
 		return err;
 	h->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -129,6 +129,7 @@ MV_API int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out)
 	err = mv__track_start(h);
 	if (err)
 		goto fail_track;
+	(void)get_default_call_rcu_data(); /* start liburcu's reclaim thread now, not mid-scan */
 	mv__vma_refresh(h, true);
 	*out = h;
 	return 0;

@@ -85,6 +85,7 @@ struct mv_host {
 	struct mv_topology topo;
 	const struct mv_prim *prim;
 	int uffd, pagemap_fd, stop_fd;
+	bool uffd_shmem;               /* store mappings can be write-protected too */
 	uint8_t secret[192];           /* XXH3 secret: a guest cannot aim at one bucket */
 	uint64_t zero_hash;
 	pthread_mutex_t lock;          /* vms, domains, workers, busy flags */

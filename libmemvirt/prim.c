@@ -138,12 +138,12 @@ const struct mv_prim mv__prim_linux = {
 	.punch = punch,
 };
 
-int mv__uffd_open(int *out)
+static int uffd_api(uint64_t features, int *out)
 {
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (fd < 0)
-		return errno == ENOSYS ? -ENOSYS : -errno;
-	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP };
+		return -errno;
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
 	if (ioctl(fd, UFFDIO_API, &api)) {
 		int e = errno;
 		close(fd);
@@ -151,6 +151,19 @@ int mv__uffd_open(int *out)
 	}
 	*out = fd;
 	return 0;
+}
+
+/* A write-protect userfaultfd; *shmem tells whether store (shmem) mappings can be
+ * protected too. The API handshake can be done once per fd: older kernels get a second. */
+int mv__uffd_open(int *out, bool *shmem)
+{
+	*shmem = true;
+	int err = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, out);
+	if (err == -ENOSYS) {
+		*shmem = false;
+		err = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP, out);
+	}
+	return err;
 }
 
 int mv__memfd_store(const char *name, size_t size, int *out)

@@ -1,0 +1,77 @@
+/* ksmctl.h - kernel-knob (KSM, sysctl) and process-measurement helpers for `bench scan --vs-ksm`. */
+#ifndef MEMVIRT_BENCH_KSMCTL_H
+#define MEMVIRT_BENCH_KSMCTL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/*
+ * Unless said otherwise every function returns 0 on success or -errno.
+ * Nothing here prints, exits or aborts.
+ */
+
+#define KC_KSM_DIR "/sys/kernel/mm/ksm"
+
+/*
+ * Kernel-wide settings (house rule: whatever is changed is restored).
+ *
+ * kc_setting_set() remembers the original content of a sysctl/sysfs file the
+ * first time it sees that path (up to 16 paths), then writes `value`.  The
+ * first call also installs handlers for SIGINT, SIGTERM and SIGHUP (not for a
+ * signal that is ignored at that time) and an atexit() handler; they call
+ * kc_settings_restore() and, for a signal, re-raise it with the default
+ * disposition so the process still dies of it.  A handler installed later by
+ * the caller replaces ours: it must then call kc_settings_restore() itself.
+ * Handlers only act in the process that installed them, not in fork()ed
+ * children.  The original is remembered even if the write fails.
+ *
+ * kc_settings_restore() writes every remembered original back, newest first,
+ * and is async-signal-safe and idempotent.  KSM needs a particular order:
+ *   1. if `run` was changed and was not 1, or a knob that the kernel refuses to
+ *      change while pages are shared (merge_across_nodes, max_page_sharing)
+ *      differs from its original: write run=2, which unmerges every KSM page
+ *      (including KSM-placed zero pages) synchronously and keeps ksmd idle,
+ *      then wait until pages_shared, pages_sharing and ksm_zero_pages are 0;
+ *   2. restore the other knobs, newest first;
+ *   3. write `run` last (its original, or the value found before step 1).
+ * So when run was originally 0, afterwards nothing stays merged and every knob
+ * equals its original.  Returns the first error met, but tries every entry;
+ * a later call retries the entries that failed.
+ */
+int kc_setting_set(const char *path, long value);
+int kc_settings_restore(void);
+
+/* KSM sysfs. */
+int kc_ksm_available(void);			/* 1 if KC_KSM_DIR/run is writable, else 0 */
+int kc_ksm_read(const char *knob, long *out);	/* numeric knob or counter; -EINVAL if not numeric */
+int kc_ksmd_pid(void);				/* pid of the ksmd kthread, or -ENOENT */
+
+/* Per-task figures; pid 0 means the calling process. */
+int kc_task_cpu_ns(int pid, uint64_t *out);	/* utime+stime, tick granularity */
+int kc_pss_kib(pid_t pid, long *out);		/* Pss: of /proc/<pid>/smaps_rollup */
+int kc_rss_kib(pid_t pid, long *out);		/* Rss: of /proc/<pid>/smaps_rollup */
+int kc_map_count(pid_t pid, long *out);		/* lines of /proc/<pid>/maps */
+
+/*
+ * With KSM running (run=1, set by the caller; -EINVAL otherwise), poll every
+ * 50 ms until the freed pages (pages_sharing + ksm_zero_pages) have not grown
+ * during 2 consecutive full_scans increments, and at least 2 full scans have
+ * completed since the call.  Convergence is dated at the poll that first saw a
+ * full_scans increment with the count already at its final value; *wall_s and
+ * *ksmd_cpu_ns are measured from the call to that poll (the 2 confirming scans
+ * are not included: kc_ksm_recheck_cpu() measures what a pass costs).
+ * *freed_pages is the count at the last poll.  On timeout returns -ETIMEDOUT
+ * with the figures up to then.  progress (may be NULL) is called about every
+ * second.  Any output pointer may be NULL.
+ */
+int kc_ksm_wait_converged(double timeout_s, double *wall_s, uint64_t *ksmd_cpu_ns, long *freed_pages,
+			  void (*progress)(void *opaque, long freed, double elapsed), void *opaque);
+
+/*
+ * After convergence: wait for one full_scans increment to align, then measure
+ * ksmd CPU over the next 2 full passes; *cpu_s_per_pass is half of it.
+ * -ETIMEDOUT if the 3 increments take longer than timeout_s.
+ */
+int kc_ksm_recheck_cpu(double timeout_s, double *cpu_s_per_pass);
+
+#endif

@@ -1,9 +1,0 @@
-build/obj/libmemvirt/domain.o: libmemvirt/domain.c ksm-scanner/ksm.h \
- libmemvirt/internal.h include/memvirt/memvirt.h include/memvirt/host.h \
- include/memvirt/vm.h libmemvirt/prim.h
-ksm-scanner/ksm.h:
-libmemvirt/internal.h:
-include/memvirt/memvirt.h:
-include/memvirt/host.h:
-include/memvirt/vm.h:
-libmemvirt/prim.h:

@@ -1,8 +1,0 @@
-build/obj/libmemvirt/log.o: libmemvirt/log.c libmemvirt/internal.h \
- include/memvirt/memvirt.h include/memvirt/host.h include/memvirt/vm.h \
- libmemvirt/prim.h
-libmemvirt/internal.h:
-include/memvirt/memvirt.h:
-include/memvirt/host.h:
-include/memvirt/vm.h:
-libmemvirt/prim.h:

@@ -1,0 +1,377 @@
+/* test_scan.c - the scanner's outcomes: shared frames, COW isolation, zero pages, domains,
+ * NUMA, VMA budget, unmerge, injected OS failures. Frames are read from /proc/self/pagemap. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <memvirt/memvirt.h>
+#include "ksm.h"
+#include "testutil.h"
+
+struct guest {
+	struct mv_vm *vm;
+	uint8_t *mem;
+	uint8_t *shadow;
+	size_t pages;
+};
+
+static struct mv_vm *new_vm(struct mv_host *h, const char *name, const char *domain)
+{
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.name = name;
+	vc.domain = domain;
+	struct mv_vm *vm = NULL;
+	assert_int_equal(mv_vm_new(h, &vc, &vm), 0);
+	return vm;
+}
+
+/* A guest whose page i holds content seed(i); shadow keeps what each page must hold. */
+static void guest_init(struct guest *g, struct mv_host *h, const char *name, const char *domain,
+                       size_t pages, uint64_t (*seed)(size_t i))
+{
+	g->vm = new_vm(h, name, domain);
+	g->pages = pages;
+	g->mem = tu_guest_alloc(pages);
+	g->shadow = malloc(pages * TPAGE);
+	assert_non_null(g->shadow);
+	for (size_t i = 0; i < pages; i++)
+		tu_fill(g->mem + i * TPAGE, seed(i));
+	memcpy(g->shadow, g->mem, pages * TPAGE);
+	static uint64_t next_gpa;
+	assert_int_equal(mv_vm_region_add(g->vm, 0, next_gpa, g->mem, pages * TPAGE, 0), 0);
+	next_gpa += pages * TPAGE;
+}
+
+static void guest_check(const struct guest *g)
+{
+	for (size_t i = 0; i < g->pages; i++)
+		if (memcmp(g->mem + i * TPAGE, g->shadow + i * TPAGE, TPAGE)) {
+			fprintf(stderr, "page %zu of %s differs from its shadow\n", i, "guest");
+			fail();
+		}
+}
+
+static void guest_fini(struct guest *g)
+{
+	mv_vm_free(g->vm);
+	tu_guest_free(g->mem, g->pages);
+	free(g->shadow);
+}
+
+static uint64_t pfn_of(const struct guest *g, size_t i)
+{
+	volatile uint8_t c = g->mem[i * TPAGE]; /* fault it in */
+	(void)c;
+	return tu_pfn(g->mem + i * TPAGE);
+}
+
+static long count_maps(void)
+{
+	long n;
+	assert_int_equal(mv__count_maps(&n), 0);
+	return n;
+}
+
+/* Groups of 8 identical pages (seeds 1000+), one unique page in every 4, a zero page in every 16. */
+static uint64_t mixed_seed(size_t i)
+{
+	if (i % 16 == 15)
+		return 0;
+	if (i % 4 == 3)
+		return 500000 + i;
+	return 1000 + i / 8;
+}
+
+static void identical_pages_share_a_frame(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest g;
+	guest_init(&g, h, "a", NULL, 1024, mixed_seed);
+	long maps_before = count_maps();
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	long maps_after = count_maps();
+	guest_check(&g);
+	for (size_t i = 0; i < g.pages; i++) {
+		uint64_t s = mixed_seed(i);
+		if (s == 0) {
+			assert_true(tu_is_zero_pfn(g.mem + i * TPAGE));
+			continue;
+		}
+		for (size_t j = i + 1; j < g.pages && j < i + 16; j++) {
+			if (mixed_seed(j) == s)
+				assert_int_equal(pfn_of(&g, i), pfn_of(&g, j));
+			else if (mixed_seed(j))
+				assert_int_not_equal(pfn_of(&g, i), pfn_of(&g, j));
+		}
+	}
+	struct mv_scan_stats st;
+	assert_int_equal(mv_host_stats(h, &st), 0);
+	assert_int_equal(st.pages_zero, 1024 / 16);
+	assert_int_equal(st.pages_merged, 1024 - 1024 / 4);
+	assert_int_equal(st.pages_shared, 1024 / 8);
+	assert_int_equal(st.pages_sharing, st.pages_merged - st.pages_shared);
+	assert_int_equal(st.cow_debt_bytes, (st.pages_sharing + st.pages_zero) * TPAGE);
+	/* the VMA estimate is what the kernel really holds */
+	assert_int_equal(st.vmas_used, maps_after - maps_before);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+static void writes_stay_private(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest g;
+	guest_init(&g, h, "a", NULL, 512, mixed_seed);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	uint64_t shared = pfn_of(&g, 0);
+	assert_int_equal(shared, pfn_of(&g, 1));
+	g.mem[1 * TPAGE + 100] = 0x42; /* COW break on a merged page */
+	g.shadow[1 * TPAGE + 100] = 0x42;
+	g.mem[15 * TPAGE + 7] = 0x43;  /* write to a released zero page */
+	g.shadow[15 * TPAGE + 7] = 0x43;
+	guest_check(&g);
+	assert_int_not_equal(pfn_of(&g, 1), shared);
+	assert_int_equal(pfn_of(&g, 0), shared);
+	assert_int_equal(pfn_of(&g, 2), shared);
+	assert_int_equal(mv_host_scan(h, 1), 0);
+	struct mv_vm *vm = g.vm;
+	struct mv_scan_stats st;
+	assert_int_equal(mv_vm_stats(vm, &st), 0);
+	assert_int_equal(st.cow_breaks, 1);
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+static uint64_t same_seed(size_t i)
+{
+	return i % 64 == 0 ? 0 : 7000 + i % 32;
+}
+
+static void domains_keep_tenants_apart(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest a, b, c;
+	guest_init(&a, h, "a", NULL, 512, same_seed);
+	guest_init(&b, h, "b", NULL, 512, same_seed);
+	guest_init(&c, h, "c", "tenant-x", 512, same_seed);
+	struct guest d;
+	guest_init(&d, h, "d", "tenant-x", 512, same_seed);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	for (size_t i = 1; i < 32; i++) {
+		assert_int_equal(pfn_of(&a, i), pfn_of(&a, i + 32)); /* inside a VM */
+		assert_int_not_equal(pfn_of(&a, i), pfn_of(&b, i)); /* across own domains */
+		assert_int_not_equal(pfn_of(&a, i), pfn_of(&c, i));
+		assert_int_equal(pfn_of(&c, i), pfn_of(&d, i));     /* one named domain */
+	}
+	assert_true(tu_is_zero_pfn(a.mem) && tu_is_zero_pfn(b.mem) && tu_is_zero_pfn(c.mem));
+	struct mv_scan_stats st;
+	assert_int_equal(mv_domain_stats(h, "tenant-x", &st), 0);
+	assert_int_equal(st.pages_shared, 32);
+	assert_int_equal(mv_domain_stats(h, "vm:a", &st), 0);
+	assert_int_equal(st.pages_shared, 32);
+	assert_int_equal(mv_domain_stats(h, "nobody", &st), -ENOENT);
+	guest_check(&a), guest_check(&b), guest_check(&c), guest_check(&d);
+	guest_fini(&a), guest_fini(&b), guest_fini(&c), guest_fini(&d);
+	mv_host_free(h);
+}
+
+/* Injected topology: the first half of the test guest is node 0, the second node 1. */
+static uintptr_t numa_split;
+static int fake_node_of(void *opaque, const void *hva)
+{
+	return (uintptr_t)hva >= numa_split;
+}
+
+static void numa_nodes_are_respected(void **state)
+{
+	for (int cross = 0; cross < 2; cross++) {
+		struct mv_topology topo = { 2, fake_node_of, NULL };
+		struct mv_host_config cfg;
+		mv_host_config_init(&cfg);
+		cfg.topology = &topo;
+		cfg.cross_node_merge = cross;
+		struct mv_host *h;
+		assert_int_equal(mv_host_new(&cfg, &h), 0);
+		struct guest g;
+		guest_init(&g, h, "n", NULL, 1024, same_seed);
+		numa_split = (uintptr_t)g.mem + 512 * TPAGE;
+		assert_int_equal(mv_host_scan(h, 2), 0);
+		for (size_t i = 1; i < 32; i++) {
+			assert_int_equal(pfn_of(&g, i), pfn_of(&g, i + 32));
+			assert_int_equal(pfn_of(&g, 512 + i), pfn_of(&g, 512 + i + 32));
+			if (cross)
+				assert_int_equal(pfn_of(&g, i), pfn_of(&g, 512 + i));
+			else
+				assert_int_not_equal(pfn_of(&g, i), pfn_of(&g, 512 + i));
+		}
+		struct mv_scan_stats st;
+		mv_host_stats(h, &st);
+		assert_int_equal(st.pages_shared, cross ? 32 : 64);
+		guest_check(&g);
+		guest_fini(&g);
+		mv_host_free(h);
+	}
+}
+
+/* Duplicates separated by unique pages: each merge costs mappings. */
+static uint64_t isolated_seed(size_t i)
+{
+	return i % 2 ? 900000 + i : 4242;
+}
+
+static void vma_budget_stops_merging_cleanly(void **state)
+{
+	struct mv_host_config cfg;
+	mv_host_config_init(&cfg);
+	cfg.vma_budget = 10;
+	struct mv_host *h;
+	assert_int_equal(mv_host_new(&cfg, &h), 0);
+	struct guest g;
+	guest_init(&g, h, "v", NULL, 512, isolated_seed);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_true(st.vmas_used <= 10);
+	assert_true(st.pages_merged >= 4);
+	assert_true(st.pages_left_vma_budget > 0);
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+static void unmerge_makes_every_page_private(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest g;
+	guest_init(&g, h, "u", NULL, 1024, mixed_seed);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(pfn_of(&g, 0), pfn_of(&g, 1));
+	assert_int_equal(mv_vm_unmerge(g.vm), 0);
+	for (size_t i = 0; i + 1 < g.pages; i++)
+		if (mixed_seed(i))
+			assert_int_not_equal(pfn_of(&g, i), pfn_of(&g, i + 1));
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_merged, 0);
+	assert_int_equal(st.pages_shared, 0);
+	assert_int_equal(mv_host_scan(h, 1), 0); /* merging stays off */
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_merged, 0);
+	guest_check(&g);
+	assert_int_equal(mv_vm_set_merging(g.vm, true), 0);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+static void bad_arguments_change_nothing(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = new_vm(h, "x", NULL), *other;
+	uint8_t *mem = tu_guest_alloc(512);
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.name = "x";
+	assert_int_equal(mv_vm_new(h, &vc, &other), -EEXIST);
+	vc.name = "bad name";
+	assert_int_equal(mv_vm_new(h, &vc, &other), -EINVAL);
+	vc.name = "y";
+	vc.domain = "vm:x";
+	assert_int_equal(mv_vm_new(h, &vc, &other), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem + 1, TPAGE, 0), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 1, mem, TPAGE, 0), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, 0, 0), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, UINT64_MAX & ~4095ul, mem, 2 * TPAGE, 0), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, TPAGE, 0x80), -EINVAL);
+	assert_int_equal(mv_vm_region_add(NULL, 0, 0, mem, TPAGE, 0), -EINVAL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 1ul << 30, mem, 256 * TPAGE, 0), 0);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem + 256 * TPAGE, 256 * TPAGE, 0), -EEXIST);
+	assert_int_equal(mv_vm_region_add(vm, 1, (1ul << 30) + TPAGE, mem + 256 * TPAGE, TPAGE, 0), -EEXIST);
+	assert_int_equal(mv_vm_region_add(vm, 1, 0, mem, TPAGE, 0), -EEXIST); /* hva overlap */
+	assert_int_equal(mv_vm_region_remove(vm, 7), -ENOENT);
+	/* the map is what the one good call made it */
+	assert_ptr_equal(mv_vm_gpa_to_hva(vm, (1ul << 30) + 5 * TPAGE + 3, 16), mem + 5 * TPAGE + 3);
+	assert_null(mv_vm_gpa_to_hva(vm, (1ul << 30) + 255 * TPAGE, 2 * TPAGE));
+	assert_null(mv_vm_gpa_to_hva(vm, 0, 1));
+	struct mv_host_config cfg;
+	mv_host_config_init(&cfg);
+	cfg.cpu_share = 0;
+	struct mv_host *h2;
+	assert_int_equal(mv_host_new(&cfg, &h2), -EINVAL);
+	assert_int_not_equal(strlen(mv_strerror(-EINVAL)), 0);
+	mv_vm_free(vm);
+	tu_guest_free(mem, 512);
+	mv_host_free(h);
+}
+
+static void shared_memory_is_never_merged(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = new_vm(h, "s", NULL);
+	uint8_t *mem = mmap(NULL, 64 * TPAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	for (int i = 0; i < 64; i++)
+		tu_fill(mem + i * TPAGE, 5);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, 64 * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_merged, 0);
+	assert_int_equal(st.pages_scanned, 0);
+	mv_vm_free(vm);
+	munmap(mem, 64 * TPAGE);
+	mv_host_free(h);
+}
+
+/* ---- injected OS failures: the merge step fails, nothing is lost or leaked ---- */
+
+static int fail_map(void *addr, size_t len, int fd, off_t off) { return -ENOMEM; }
+static int fail_dontneed(const struct iovec *iov, size_t n) { return -EAGAIN; }
+
+static void failed_remap_loses_nothing(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct mv_prim broken = mv__prim_linux;
+	broken.map_private_fixed = fail_map;
+	broken.dontneed = fail_dontneed;
+	h->prim = &broken;
+	struct guest g;
+	guest_init(&g, h, "f", NULL, 512, mixed_seed);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_merged, 0);
+	assert_int_equal(st.pages_zero, 0);
+	assert_int_equal(st.pages_shared, 0); /* no canonical page left behind */
+	assert_true(st.pages_left_vma_budget > 0);
+	guest_check(&g);
+	h->prim = &mv__prim_linux; /* the wall is gone: merging resumes */
+	mv__vma_refresh(h, true);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	mv_host_stats(h, &st);
+	assert_true(st.pages_merged > 0);
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(identical_pages_share_a_frame),
+		cmocka_unit_test(writes_stay_private),
+		cmocka_unit_test(domains_keep_tenants_apart),
+		cmocka_unit_test(numa_nodes_are_respected),
+		cmocka_unit_test(vma_budget_stops_merging_cleanly),
+		cmocka_unit_test(unmerge_makes_every_page_private),
+		cmocka_unit_test(bad_arguments_change_nothing),
+		cmocka_unit_test(shared_memory_is_never_merged),
+		cmocka_unit_test(failed_remap_loses_nothing),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
