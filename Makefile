@@ -13,7 +13,7 @@ VERSION := $(shell sed -n 's/^\#define MV_VERSION_STRING "\(.*\)"/\1/p' include/
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
-DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev gnuplot-nox
+DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev gnuplot-nox
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
@@ -92,7 +92,7 @@ $(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
 # The CLI links the static library: bench code uses internal symbols for its figures.
 $(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmemvirt.a $(LDLIBS_LIB) -ljson-c -lm
 
 $(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a
 	@mkdir -p $(dir $@)

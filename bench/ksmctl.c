@@ -420,8 +420,12 @@ int kc_setting_set(const char *path, long value)
 	if (!r)
 		r = remember(path, &s);
 	if (!r) {
-		atomic_store(&s->pending, 1);	/* before the write: a signal now restores it */
+		int was_pending = atomic_exchange(&s->pending, 1);	/* before the write: a signal now restores it */
+		char cur[64];
 		r = write_str(path, val);
+		/* A refused write (e.g. -EACCES) that changed nothing leaves nothing to restore. */
+		if (r && !was_pending && read_norm(path, cur, sizeof(cur)) >= 0 && str_eq(cur, s->orig))
+			atomic_store(&s->pending, 0);
 	}
 	leave_table(&old);
 	return r;

@@ -23,16 +23,19 @@
  * disposition so the process still dies of it.  A handler installed later by
  * the caller replaces ours: it must then call kc_settings_restore() itself.
  * Handlers only act in the process that installed them, not in fork()ed
- * children.  The original is remembered even if the write fails.
+ * children.  The original is remembered even if the write fails; a refused
+ * write that changed nothing leaves nothing to restore.  Paths are compared as
+ * strings: name KSM knobs exactly as KC_KSM_DIR "/<knob>".
  *
- * kc_settings_restore() writes every remembered original back, newest first,
- * and is async-signal-safe and idempotent.  KSM needs a particular order:
+ * kc_settings_restore() writes every changed original back, in reverse order
+ * of first change; it is async-signal-safe and idempotent.  KSM needs this
+ * order:
  *   1. if `run` was changed and was not 1, or a knob that the kernel refuses to
  *      change while pages are shared (merge_across_nodes, max_page_sharing)
  *      differs from its original: write run=2, which unmerges every KSM page
  *      (including KSM-placed zero pages) synchronously and keeps ksmd idle,
  *      then wait until pages_shared, pages_sharing and ksm_zero_pages are 0;
- *   2. restore the other knobs, newest first;
+ *   2. restore the other knobs, in that reverse order;
  *   3. write `run` last (its original, or the value found before step 1).
  * So when run was originally 0, afterwards nothing stays merged and every knob
  * equals its original.  Returns the first error met, but tries every entry;
@@ -62,15 +65,21 @@ int kc_map_count(pid_t pid, long *out);		/* lines of /proc/<pid>/maps */
  * are not included: kc_ksm_recheck_cpu() measures what a pass costs).
  * *freed_pages is the count at the last poll.  On timeout returns -ETIMEDOUT
  * with the figures up to then.  progress (may be NULL) is called about every
- * second.  Any output pointer may be NULL.
+ * second.  Any output pointer may be NULL.  Writing run=2 meanwhile resets
+ * full_scans to 0 and makes this time out.
  */
 int kc_ksm_wait_converged(double timeout_s, double *wall_s, uint64_t *ksmd_cpu_ns, long *freed_pages,
 			  void (*progress)(void *opaque, long freed, double elapsed), void *opaque);
 
 /*
  * After convergence: wait for one full_scans increment to align, then measure
- * ksmd CPU over the next 2 full passes; *cpu_s_per_pass is half of it.
- * -ETIMEDOUT if the 3 increments take longer than timeout_s.
+ * ksmd CPU over the next 2 full passes (5 ms polls); *cpu_s_per_pass is half
+ * of it.  -ETIMEDOUT if the 3 increments take longer than timeout_s; -EINVAL
+ * unless run=1.  Note: with smart_scan=1 ksmd skips pages that never merge on
+ * a growing number of passes, so consecutive passes alternate between full
+ * and cheap ones (here 0.2 s vs 0.02 s) and the figure depends on where the
+ * 2 passes fall; set smart_scan=0 (through kc_setting_set) for a steady cost.
+ * Figures have the 10 ms tick granularity of /proc/<pid>/stat.
  */
 int kc_ksm_recheck_cpu(double timeout_s, double *cpu_s_per_pass);
 

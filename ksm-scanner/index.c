@@ -24,7 +24,7 @@ static int match(struct cds_lfht_node *ln, const void *k)
 
 int mv__index_new(struct mv_domain *d)
 {
-	d->index = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+	d->index = cds_lfht_new_flavor(1 << 16, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
 	                               &urcu_bp_flavor, NULL);
 	return d->index ? 0 : -ENOMEM;
 }
@@ -145,6 +145,8 @@ int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, u
 		err = publish(d, n, old);
 		if (err)
 			mv__store_release(d->host, s, n->slot);
+		else
+			mv__store_bind(s, n->slot, n);
 	}
 	pthread_mutex_unlock(&d->lock);
 	rcu_read_unlock();

@@ -15,6 +15,7 @@ enum mv_pstate {
 
 #define PF_RETRY 0x1 /* hashed and protected; merge when found unwritten next time */
 #define PF_OWNER 0x2 /* an unstable index node points at this page */
+#define PF_NOHASH 0x4 /* merged by prediction: hash unknown */
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
 
@@ -54,8 +55,9 @@ struct mv_store {
 };
 
 struct mv_extent {
-	uint64_t bits[MV_CHUNK_PAGES / 64];
+	uint64_t bits[MV_CHUNK_PAGES / 64];   /* allocated slots */
 	unsigned live;
+	struct mv_node *node[MV_CHUNK_PAGES]; /* stable node of each slot (RCU pointers) */
 };
 
 /* store.c - callers hold the domain lock for alloc/free. */
@@ -67,6 +69,9 @@ static inline uint8_t *mv__store_page(const struct mv_store *s, uint32_t slot)
 }
 int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot);
 void mv__store_release(struct mv_host *h, struct mv_store *s, uint32_t slot);
+void mv__store_bind(struct mv_store *s, uint32_t slot, struct mv_node *n);
+struct mv_node *mv__store_node(const struct mv_store *s, int64_t slot);
+void mv__store_punch_unused(struct mv_host *h, struct mv_store *s, uint32_t slot);
 static inline int64_t mv__vkey(const struct mv_store *s, uint32_t slot, uintptr_t hva)
 {
 	return ((int64_t)s->id << 48) + (int64_t)slot - (int64_t)(hva >> MV_PAGE_SHIFT);
@@ -91,6 +96,7 @@ struct mv_scan_ctx {
 	unsigned worker;
 	double cpu_share;          /* cores; <= 0: unlimited */
 	uint64_t win_wall, win_cpu; /* start of the current throttle window */
+	uint8_t *scratch;          /* 2 MiB for pages written back in chunk mode; owner frees */
 };
 void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
 int mv__region_unmerge(struct mv_host *h, struct mv_region *r);

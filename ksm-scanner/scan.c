@@ -30,6 +30,7 @@
 #include "ksm.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -50,7 +51,7 @@ struct chunk {
 	uint8_t act[MV_CHUNK_PAGES];
 	struct mv_node *tgt[MV_CHUNK_PAGES];
 	int last_merge;          /* index of the last page given a target, -1 = none */
-	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp;
+	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp, predicted;
 };
 
 uint64_t mv__hash_page(const struct mv_host *h, const void *page)
@@ -164,6 +165,32 @@ static void set_target(struct chunk *c, unsigned i, struct mv_node *n)
 		c->last_merge = (int)i;
 }
 
+/*
+ * Guess that page i continues the run of the last merged page of the chunk (clones and
+ * images: page i+1 equals canonical slot s+1) and check the guess with memcmp alone,
+ * skipping the hash. The page's hash stays unknown: PF_NOHASH.
+ */
+static bool predict(struct chunk *c, unsigned i)
+{
+	if (c->last_merge < 0)
+		return false;
+	const struct mv_node *last = c->tgt[c->last_merge];
+	struct mv_store *s = c->d->stores[last->nid];
+	struct mv_node *n = mv__store_node(s, (int64_t)last->slot + (int64_t)i - c->last_merge);
+	if (!n || !mv__node_get(n))
+		return false;
+	if (memcmp(page_addr(c, i), mv__store_page(s, n->slot), MV_PAGE_SIZE)) {
+		mv__node_put(c->d, n, 1);
+		return false;
+	}
+	struct mv_page *p = page_of(c, i);
+	p->state = PS_CLEAN;
+	p->flags |= PF_NOHASH;
+	c->predicted++;
+	set_target(c, i, n);
+	return true;
+}
+
 /* The other page of an unstable node, if it can still be read. rcu_read_lock held. */
 static const uint8_t *twin_addr(const struct mv_node *n)
 {
@@ -180,8 +207,11 @@ static void decide(struct chunk *c, unsigned i)
 	struct mv_page *p = page_of(c, i);
 	const uint8_t *addr = page_addr(c, i);
 
+	if (c->need[i] == NEED_HASH && p->state == PS_NEW && predict(c, i))
+		return;
 	if (c->need[i] == NEED_HASH) {
 		p->hash = mv__hash_page(h, addr);
+		p->flags &= (uint8_t)~PF_NOHASH;
 		c->scanned++;
 		if (p->state == PS_NEW)
 			p->state = PS_CLEAN;
@@ -274,6 +304,14 @@ static bool vma_charge(struct mv_host *h, long delta)
 	return false;
 }
 
+/* Mappings charged to the host (vma_charge) are also counted for the region, VM, domain. */
+static void account_vmas(struct chunk *c, long delta)
+{
+	atomic_fetch_add(&c->r->vmas, delta);
+	atomic_fetch_add(&c->r->vm->c.v[MV_C_VMAS], delta);
+	atomic_fetch_add(&c->d->c.v[MV_C_VMAS], delta);
+}
+
 /* Step 4b: map one run [a, b) of pages whose targets are consecutive slots of a store. */
 static void map_run(struct chunk *c, unsigned a, unsigned b)
 {
@@ -287,19 +325,19 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	if (vma_charge(h, delta)) {
 		err = h->prim->map_private_fixed((void *)addr, (size_t)(b - a) * MV_PAGE_SIZE, s->fd,
 		                                 (off_t)c->tgt[a]->slot * (off_t)MV_PAGE_SIZE);
-		if (err) {
+		if (err)
 			atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
-		} else {
-			atomic_fetch_add(&c->r->vmas, delta);
-			atomic_fetch_add(&c->r->vm->c.v[MV_C_VMAS], delta);
-			atomic_fetch_add(&c->d->c.v[MV_C_VMAS], delta);
-		}
+		else
+			account_vmas(c, delta);
 	}
 	for (unsigned i = a; i < b; i++) {
 		struct mv_page *p = page_of(c, i);
 		if (err) {
 			mv__node_put(c->d, c->tgt[i], 1);
-			p->flags |= PF_RETRY;
+			if (p->flags & PF_NOHASH)
+				p->state = PS_NEW; /* hash it next time */
+			else
+				p->flags |= PF_RETRY;
 			continue;
 		}
 		p->state = PS_MERGED;
@@ -319,13 +357,92 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	}
 }
 
+/*
+ * Step 4b, chunk mode: when most of a 2 MiB chunk equals one 2 MiB run of canonical pages
+ * (guests cloned from one image), map the whole chunk onto that run with one mmap and
+ * write the few differing pages back: they become private copies inside the same
+ * mapping. One VMA for the chunk instead of two per differing page, and neighbouring
+ * chunks fuse. Pages to write back are write-protected (the gate is closed), so their
+ * bytes are final; a writer sleeping on one writes after us, on its private copy.
+ */
+#define CHUNK_MIN_MATCH (MV_CHUNK_PAGES * 3 / 4)
+
+static bool chunk_fits(struct chunk *c, int64_t slot0, int64_t key, unsigned *back)
+{
+	unsigned match = 0, runs = 0;
+	*back = 0;
+	for (unsigned i = 0; i < c->n; i++) {
+		const struct mv_page *p = page_of(c, i);
+		bool tgt_here = c->act[i] == ACT_MERGE && c->tgt[i]->nid == c->tgt[c->last_merge]->nid &&
+		                c->tgt[i]->slot == slot0 + i;
+		runs += tgt_here && (i == 0 || c->act[i - 1] != ACT_MERGE);
+		if (tgt_here || (c->act[i] != ACT_MERGE && p->state == PS_MERGED && p->vkey == key))
+			match++;
+		else if (p->state == PS_MERGED || p->state == PS_ZERO || c->act[i] == ACT_ZERO ||
+		         !(c->cat[i] & MV_PAGE_IS_PRESENT))
+			return false; /* merged elsewhere, or zero: not worth a private copy */
+		else
+			(*back)++;
+	}
+	return match >= CHUNK_MIN_MATCH && runs >= 2;
+}
+
+static bool map_chunk(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	if (c->n != MV_CHUNK_PAGES || c->last_merge < 0)
+		return false;
+	const struct mv_node *ref = c->tgt[c->last_merge];
+	struct mv_store *s = c->d->stores[ref->nid];
+	int64_t slot0 = (int64_t)ref->slot - c->last_merge;
+	int64_t key = mv__vkey(s, ref->slot, (uintptr_t)page_addr(c, (unsigned)c->last_merge));
+	unsigned back;
+	if (slot0 < 0 || !chunk_fits(c, slot0, key, &back))
+		return false;
+	long delta = vma_delta(c->r, c->first, c->first + c->n, key);
+	if (!c->ctx->scratch && !(c->ctx->scratch = malloc(MV_CHUNK_SIZE)))
+		return false;
+	if (!vma_charge(h, delta))
+		return false;
+	uint8_t *saved = c->ctx->scratch;
+	for (unsigned i = 0, k = 0; i < c->n; i++)
+		if (!(c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) && page_of(c, i)->state != PS_MERGED)
+			memcpy(saved + (size_t)k++ * MV_PAGE_SIZE, page_addr(c, i), MV_PAGE_SIZE);
+	if (h->prim->map_private_fixed(page_addr(c, 0), MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE)) {
+		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
+		return false;
+	}
+	account_vmas(c, delta);
+	pthread_mutex_lock(&c->d->lock);
+	for (unsigned i = 0, k = 0; i < c->n; i++) {
+		struct mv_page *p = page_of(c, i);
+		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) {
+			p->state = PS_MERGED;
+			p->node = c->tgt[i];
+			p->flags &= (uint8_t)~PF_RETRY;
+			c->merged++;
+		} else if (p->state != PS_MERGED) {
+			memcpy(page_addr(c, i), saved + (size_t)k++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
+			mv__store_punch_unused(h, s, (uint32_t)(slot0 + i));
+			p->state = PS_NEW; /* a private copy: looked at again next pass */
+			p->flags &= (uint8_t)~(PF_RETRY | PF_NOHASH);
+		}
+		p->vkey = key;
+	}
+	pthread_mutex_unlock(&c->d->lock);
+	for (unsigned i = 0; i < c->n; i++)
+		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot != slot0 + i)
+			mv__node_put(c->d, c->tgt[i], 1);
+	return true;
+}
+
 /* Step 4b for the chunk; then register the new mappings for write tracking, so that
  * pages that later get a private copy can be protected and merged again. */
 static void map_merges(struct chunk *c)
 {
 	struct mv_host *h = c->ctx->h;
 	int64_t before = c->merged;
-	unsigned i = 0;
+	unsigned i = map_chunk(c) ? c->n : 0;
 	while (i < c->n) {
 		if (c->act[i] != ACT_MERGE) {
 			i++;

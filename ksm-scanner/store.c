@@ -61,6 +61,18 @@ static bool ext_in_use(const struct mv_store *s, uint32_t e)
 	return s->ext_used[e / 64] & (1ull << (e % 64));
 }
 
+/* The extent record of e, allocated (and published for lock-free readers) on first use. */
+static struct mv_extent *ext_get(struct mv_store *s, uint32_t e)
+{
+	if (!s->ext[e]) {
+		struct mv_extent *x = calloc(1, sizeof(*x));
+		if (!x)
+			return NULL;
+		rcu_assign_pointer(s->ext[e], x);
+	}
+	return s->ext[e];
+}
+
 /* A fresh extent at an unpredictable place. */
 static int extent_open(struct mv_store *s, uint32_t *out)
 {
@@ -72,7 +84,7 @@ static int extent_open(struct mv_store *s, uint32_t *out)
 	e %= s->nr_extents;
 	while (ext_in_use(s, e))
 		e = (e + 1) % s->nr_extents;
-	if (!s->ext[e] && !(s->ext[e] = calloc(1, sizeof(struct mv_extent))))
+	if (!ext_get(s, e))
 		return -ENOMEM;
 	s->ext_used[e / 64] |= 1ull << (e % 64);
 	s->free_extents--;
@@ -94,7 +106,7 @@ static int slot_take(struct mv_store *s, uint32_t slot)
 {
 	uint32_t e = slot / MV_CHUNK_PAGES, i = slot % MV_CHUNK_PAGES;
 	if (!ext_in_use(s, e)) {
-		if (!s->ext[e] && !(s->ext[e] = calloc(1, sizeof(struct mv_extent))))
+		if (!ext_get(s, e))
 			return -ENOMEM;
 		s->ext_used[e / 64] |= 1ull << (e % 64);
 		s->free_extents--;
@@ -131,9 +143,34 @@ void mv__store_release(struct mv_host *h, struct mv_store *s, uint32_t slot)
 {
 	uint32_t e = slot / MV_CHUNK_PAGES, i = slot % MV_CHUNK_PAGES;
 	h->prim->punch(s->fd, (off_t)slot * (off_t)MV_PAGE_SIZE, MV_PAGE_SIZE);
+	rcu_assign_pointer(s->ext[e]->node[i], NULL);
 	s->ext[e]->bits[i / 64] &= ~(1ull << (i % 64));
 	if (--s->ext[e]->live == 0) {
 		s->ext_used[e / 64] &= ~(1ull << (e % 64));
 		s->free_extents++;
 	}
+}
+
+/* Publish the stable node that owns slot. Domain lock held. */
+void mv__store_bind(struct mv_store *s, uint32_t slot, struct mv_node *n)
+{
+	rcu_assign_pointer(s->ext[slot / MV_CHUNK_PAGES]->node[slot % MV_CHUNK_PAGES], n);
+}
+
+/* The stable node of a slot, or NULL. rcu_read_lock held; the node may be dying
+ * (mv__node_get() tells). Extents are never freed while the store lives. */
+struct mv_node *mv__store_node(const struct mv_store *s, int64_t slot)
+{
+	if (slot < 0 || slot >= (int64_t)s->nr_extents * (int64_t)MV_CHUNK_PAGES)
+		return NULL;
+	struct mv_extent *e = CMM_LOAD_SHARED(s->ext[slot / MV_CHUNK_PAGES]);
+	return e ? rcu_dereference(e->node[slot % MV_CHUNK_PAGES]) : NULL;
+}
+
+/* A private copy made inside a store mapping over an unused slot made the kernel fill
+ * that slot: give the page back. Domain lock held. */
+void mv__store_punch_unused(struct mv_host *h, struct mv_store *s, uint32_t slot)
+{
+	if (slot_free(s, slot))
+		h->prim->punch(s->fd, (off_t)slot * (off_t)MV_PAGE_SIZE, MV_PAGE_SIZE);
 }

@@ -197,6 +197,7 @@ static void *worker_main(void *arg)
 			nanosleep(&ts, NULL);
 		}
 	}
+	free(ctx.scratch);
 	return NULL;
 }
 
@@ -254,6 +255,7 @@ MV_API int mv_host_scan(struct mv_host *h, unsigned passes)
 	struct mv_scan_ctx ctx = { .h = h, .worker = MV_MAX_WORKERS };
 	for (unsigned i = 0; i < passes; i++)
 		host_pass(h, &ctx);
+	free(ctx.scratch);
 	return 0;
 }
 

@@ -1,0 +1,34 @@
+/* bench.h - the benchmarks behind `memvirt bench`: shared profile generators and entry points. */
+#ifndef MEMVIRT_BENCH_H
+#define MEMVIRT_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One guest's RAM as a benchmark builds it. */
+struct bench_guest {
+	uint8_t *mem;
+	size_t pages;
+};
+
+/* A scanner profile: a set of guests filled deterministically (fixed seed). */
+struct bench_profile {
+	const char *name;
+	const char *what;        /* one line for humans */
+	unsigned nr_guests;
+	size_t guest_pages;
+	const char *domain;      /* NULL: a trust domain per guest */
+	void (*fill)(struct bench_guest *g, unsigned nr);
+};
+
+const struct bench_profile *bench_profile_find(const char *name);
+void bench_profiles_list(void);
+
+/* Allocate and fill the guests of p; returns NULL (errno set) on failure. */
+struct bench_guest *bench_guests_new(const struct bench_profile *p);
+void bench_guests_free(const struct bench_profile *p, struct bench_guest *g);
+
+/* `memvirt bench scan ...`; returns the process exit status. */
+int bench_scan_main(int argc, char **argv);
+
+#endif
