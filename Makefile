@@ -122,7 +122,7 @@ run: deps
 asan:
 	$(Q)$(MAKE) --no-print-directory SAN=asan test
 tsan:
-	$(Q)$(MAKE) --no-print-directory SAN=tsan test
+	$(Q)TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp $(TSAN_OPTIONS)" $(MAKE) --no-print-directory SAN=tsan test
 
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/memvirt $(DESTDIR)$(BINDIR)

@@ -117,8 +117,13 @@ static void identical_pages_share_a_frame(void **state)
 	assert_int_equal(st.pages_shared, 1024 / 8);
 	assert_int_equal(st.pages_sharing, st.pages_merged - st.pages_shared);
 	assert_int_equal(st.cow_debt_bytes, (st.pages_sharing + st.pages_zero) * TPAGE);
-	/* the VMA estimate is what the kernel really holds */
+	/* the VMA estimate is what the kernel really holds (TSan's runtime maps memory
+	 * of its own meanwhile) */
+#ifndef __SANITIZE_THREAD__
 	assert_int_equal(st.vmas_used, maps_after - maps_before);
+#else
+	(void)maps_after, (void)maps_before;
+#endif
 	guest_fini(&g);
 	mv_host_free(h);
 }
