@@ -85,9 +85,10 @@ static int publish(struct mv_domain *d, struct mv_node *n, struct mv_node *expec
 	return 0;
 }
 
-/* Remember page idx of r under its hash; a stale unstable node for the key gives way. */
+/* Remember page idx of r under its hash. `stale`: the unstable node found for the key,
+ * whose page no longer has that content; it gives way. Lock-free when the key is new. */
 void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
-                            struct mv_region *r, uint64_t idx)
+                            struct mv_region *r, uint64_t idx, struct mv_node *stale)
 {
 	struct mv_node *n = calloc(1, sizeof(*n));
 	if (!n)
@@ -95,15 +96,19 @@ void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
 	n->hash = hash;
 	n->nid = nid;
 	n->region = r;
-	n->idx = idx;
+	n->idx = (uint32_t)idx;
+	int err = 0;
 	rcu_read_lock();
-	pthread_mutex_lock(&d->lock);
-	struct cds_lfht_iter it;
-	struct mv_node *cur = find_iter(d, hash, nid, &it);
-	int err = cur && cur->stable ? -EEXIST : publish(d, n, cur);
+	if (!stale) {
+		struct key k = { hash, nid };
+		err = cds_lfht_add_unique(d->index, hash, match, &k, &n->lf) == &n->lf ? 0 : -EEXIST;
+	} else {
+		pthread_mutex_lock(&d->lock);
+		err = publish(d, n, stale);
+		pthread_mutex_unlock(&d->lock);
+	}
 	if (!err)
 		r->pages[idx].flags |= PF_OWNER;
-	pthread_mutex_unlock(&d->lock);
 	rcu_read_unlock();
 	if (err)
 		free(n);
@@ -141,8 +146,9 @@ int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, u
 	pthread_mutex_lock(&d->lock);
 	int err = mv__store_alloc(s, preferred, &n->slot);
 	if (!err) {
-		memcpy(mv__store_page(s, n->slot), content, MV_PAGE_SIZE);
-		err = publish(d, n, old);
+		err = d->host->prim->store_write(s->fd, (off_t)n->slot * (off_t)MV_PAGE_SIZE, content);
+		if (!err)
+			err = publish(d, n, old);
 		if (err)
 			mv__store_release(d->host, s, n->slot);
 		else
@@ -162,7 +168,7 @@ int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, u
 
 bool mv__node_get(struct mv_node *n)
 {
-	long r = atomic_load(&n->refs);
+	int32_t r = atomic_load(&n->refs);
 	while (r > 0)
 		if (atomic_compare_exchange_weak(&n->refs, &r, r + 1))
 			return true;
@@ -170,7 +176,7 @@ bool mv__node_get(struct mv_node *n)
 }
 
 /* Drop `refs` references; the last one frees the canonical page and the node. */
-void mv__node_put(struct mv_domain *d, struct mv_node *n, long refs)
+void mv__node_put(struct mv_domain *d, struct mv_node *n, int32_t refs)
 {
 	if (atomic_fetch_sub(&n->refs, refs) != refs)
 		return;

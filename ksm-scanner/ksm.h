@@ -18,12 +18,15 @@ enum mv_pstate {
 #define PF_NOHASH 0x4 /* merged by prediction: hash unknown */
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
+#define MV_SLOT_ANON 0 /* slot 0 is never allocated (extent 0 stays unused) */
 
+/* 16 bytes per guest page: this array is most of memvirt's memory. */
 struct mv_page {
-	uint64_t hash;         /* XXH3 of the content when last hashed */
-	struct mv_node *node;  /* PS_MERGED: the canonical page's node, one reference held */
-	int64_t vkey;          /* which mapping holds the page: MV_VKEY_ANON or a store key;
-	                          neighbours with equal keys share one VMA */
+	uint64_t hash;          /* XXH3 of the content when last hashed */
+	uint32_t slot;          /* store slot the page's mapping points at (PS_MERGED: its
+	                           canonical page, one reference held); MV_SLOT_ANON when the
+	                           page lives in the guest's own anonymous mapping */
+	uint8_t nid;            /* store (NUMA node) of `slot` */
 	uint8_t state, flags;
 	_Atomic uint8_t rescan; /* set by another worker: this page's twin was found */
 };
@@ -33,12 +36,16 @@ struct mv_page {
 struct mv_node {
 	struct cds_lfht_node lf;
 	uint64_t hash;
-	uint32_t nid;              /* NUMA node of its store (0 with cross_node_merge) */
+	union {
+		struct {
+			_Atomic int32_t refs;      /* stable: guest pages mapped to it; 0 = dying */
+			uint32_t slot;             /* stable: page slot in the node's store */
+		};
+		struct mv_region *region;  /* unstable: where the page lives... */
+	};
+	uint32_t idx;              /* ...and its index there */
+	uint16_t nid;              /* NUMA node of its store (0 with cross_node_merge) */
 	bool stable;
-	_Atomic long refs;         /* stable: guest pages mapped to it; 0 = dying */
-	uint32_t slot;             /* stable: page slot in the node's store */
-	struct mv_region *region;  /* unstable: where the page lives */
-	uint64_t idx;
 	struct rcu_head rcu;
 };
 
@@ -77,18 +84,33 @@ static inline int64_t mv__vkey(const struct mv_store *s, uint32_t slot, uintptr_
 	return ((int64_t)s->id << 48) + (int64_t)slot - (int64_t)(hva >> MV_PAGE_SHIFT);
 }
 
+/* The mapping key of page k of r: neighbours with equal keys share one VMA. */
+static inline int64_t mv__page_vkey(const struct mv_region *r, uint64_t k)
+{
+	const struct mv_page *p = &r->pages[k];
+	if (p->slot == MV_SLOT_ANON)
+		return MV_VKEY_ANON;
+	return mv__vkey(r->vm->dom->stores[p->nid], p->slot, (uintptr_t)(r->hva + k * MV_PAGE_SIZE));
+}
+
+/* The canonical page's node of a PS_MERGED page (we hold a reference: it is alive). */
+static inline struct mv_node *mv__page_node(const struct mv_region *r, const struct mv_page *p)
+{
+	return mv__store_node(r->vm->dom->stores[p->nid], p->slot);
+}
+
 /* index.c - lookups under rcu_read_lock; changes take the domain lock. */
 int mv__index_new(struct mv_domain *d);
 void mv__index_free(struct mv_domain *d);
 struct mv_node *mv__index_find(struct mv_domain *d, uint64_t hash, uint32_t nid);
 void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
-                            struct mv_region *r, uint64_t idx);
+                            struct mv_region *r, uint64_t idx, struct mv_node *stale);
 void mv__index_drop_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
                              const struct mv_region *r, uint64_t idx);
 int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, uint32_t nid,
                       const void *content, int64_t preferred, struct mv_node **out);
 bool mv__node_get(struct mv_node *n);
-void mv__node_put(struct mv_domain *d, struct mv_node *n, long refs);
+void mv__node_put(struct mv_domain *d, struct mv_node *n, int32_t refs);
 
 /* scan.c */
 struct mv_scan_ctx {

@@ -109,8 +109,7 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 		return NEED_NO;
 	case PS_MERGED:
 		if (present && !(cat & MV_PAGE_IS_FILE)) {
-			mv__node_put(c->d, p->node, 1);
-			p->node = NULL;
+			mv__node_put(c->d, mv__page_node(c->r, p), 1);
 			p->state = PS_NEW; /* a private copy inside the store mapping */
 			c->cow++;
 		}
@@ -219,7 +218,7 @@ static void decide(struct chunk *c, unsigned i)
 			return; /* volatile: look again next pass */
 	}
 	p->flags &= (uint8_t)~PF_RETRY;
-	if (p->hash == h->zero_hash && p->vkey == MV_VKEY_ANON && is_zero(addr)) {
+	if (p->hash == h->zero_hash && p->slot == MV_SLOT_ANON && is_zero(addr)) {
 		c->act[i] = ACT_ZERO; /* (inside a store mapping, a dropped page would read the store) */
 		return;
 	}
@@ -251,7 +250,7 @@ static void decide(struct chunk *c, unsigned i)
 		}
 	}
 	if (!n || (n->region != c->r || n->idx != c->first + i))
-		mv__index_add_unstable(c->d, p->hash, c->nid, c->r, c->first + i);
+		mv__index_add_unstable(c->d, p->hash, c->nid, c->r, c->first + i, n);
 }
 
 /* Step 4a: release the zero pages of the chunk in one vector. */
@@ -284,7 +283,7 @@ static long vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t
 	long d = 0;
 	uint64_t lo = a > 0 ? a - 1 : a, hi = b < r->npages ? b + 1 : b;
 	for (uint64_t k = lo; k + 1 < hi; k++) {
-		int64_t x = r->pages[k].vkey, y = r->pages[k + 1].vkey;
+		int64_t x = mv__page_vkey(r, k), y = mv__page_vkey(r, k + 1);
 		int64_t nx = k >= a && k < b ? key : x, ny = k + 1 >= a && k + 1 < b ? key : y;
 		d += (nx != ny) - (x != y);
 	}
@@ -341,8 +340,8 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 			continue;
 		}
 		p->state = PS_MERGED;
-		p->node = c->tgt[i];
-		p->vkey = key;
+		p->slot = c->tgt[i]->slot;
+		p->nid = (uint8_t)c->tgt[i]->nid;
 		p->flags &= (uint8_t)~PF_RETRY;
 	}
 	if (err == -ENOSPC) {
@@ -367,7 +366,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
  */
 #define CHUNK_MIN_MATCH (MV_CHUNK_PAGES * 3 / 4)
 
-static bool chunk_fits(struct chunk *c, int64_t slot0, int64_t key, unsigned *back)
+static bool chunk_fits(struct chunk *c, int64_t slot0, unsigned *back)
 {
 	unsigned match = 0, runs = 0;
 	*back = 0;
@@ -376,7 +375,9 @@ static bool chunk_fits(struct chunk *c, int64_t slot0, int64_t key, unsigned *ba
 		bool tgt_here = c->act[i] == ACT_MERGE && c->tgt[i]->nid == c->tgt[c->last_merge]->nid &&
 		                c->tgt[i]->slot == slot0 + i;
 		runs += tgt_here && (i == 0 || c->act[i - 1] != ACT_MERGE);
-		if (tgt_here || (c->act[i] != ACT_MERGE && p->state == PS_MERGED && p->vkey == key))
+		bool merged_here = p->state == PS_MERGED && p->nid == c->tgt[c->last_merge]->nid &&
+		                   p->slot == slot0 + i;
+		if (tgt_here || (c->act[i] != ACT_MERGE && merged_here))
 			match++;
 		else if (p->state == PS_MERGED || p->state == PS_ZERO || c->act[i] == ACT_ZERO ||
 		         !(c->cat[i] & MV_PAGE_IS_PRESENT))
@@ -397,7 +398,7 @@ static bool map_chunk(struct chunk *c)
 	int64_t slot0 = (int64_t)ref->slot - c->last_merge;
 	int64_t key = mv__vkey(s, ref->slot, (uintptr_t)page_addr(c, (unsigned)c->last_merge));
 	unsigned back;
-	if (slot0 < 0 || !chunk_fits(c, slot0, key, &back))
+	if (slot0 <= 0 || !chunk_fits(c, slot0, &back))
 		return false;
 	long delta = vma_delta(c->r, c->first, c->first + c->n, key);
 	if (!c->ctx->scratch && !(c->ctx->scratch = malloc(MV_CHUNK_SIZE)))
@@ -418,7 +419,6 @@ static bool map_chunk(struct chunk *c)
 		struct mv_page *p = page_of(c, i);
 		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) {
 			p->state = PS_MERGED;
-			p->node = c->tgt[i];
 			p->flags &= (uint8_t)~PF_RETRY;
 			c->merged++;
 		} else if (p->state != PS_MERGED) {
@@ -427,7 +427,8 @@ static bool map_chunk(struct chunk *c)
 			p->state = PS_NEW; /* a private copy: looked at again next pass */
 			p->flags &= (uint8_t)~(PF_RETRY | PF_NOHASH);
 		}
-		p->vkey = key;
+		p->slot = (uint32_t)(slot0 + i);
+		p->nid = (uint8_t)ref->nid;
 	}
 	pthread_mutex_unlock(&c->d->lock);
 	for (unsigned i = 0; i < c->n; i++)
@@ -612,11 +613,12 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 		if (e) {
 			err = e;
 		} else {
+			rcu_read_lock();
 			for (uint64_t k = i; k < b; k++) {
-				mv__node_put(r->vm->dom, r->pages[k].node, 1);
-				r->pages[k].node = NULL;
+				mv__node_put(r->vm->dom, mv__page_node(r, &r->pages[k]), 1);
 				r->pages[k].state = PS_NEW;
 			}
+			rcu_read_unlock();
 			merged += b - i;
 		}
 		i = b;

@@ -17,7 +17,8 @@ int mv__store_new(struct mv_host *h, uint32_t id, uint32_t nid, struct mv_store 
 	size_t bytes = (size_t)STORE_EXTENTS * MV_CHUNK_SIZE;
 	s->id = id;
 	s->nid = nid;
-	s->nr_extents = s->free_extents = STORE_EXTENTS;
+	s->nr_extents = STORE_EXTENTS;
+	s->free_extents = STORE_EXTENTS - 1;
 	s->ext_used = calloc(STORE_EXTENTS / 64, sizeof(uint64_t));
 	s->ext = calloc(STORE_EXTENTS, sizeof(*s->ext));
 	int err = -ENOMEM;
@@ -81,9 +82,9 @@ static int extent_open(struct mv_store *s, uint32_t *out)
 	uint32_t e;
 	if (mv__random(&e, sizeof(e)))
 		e = (uint32_t)rand();
-	e %= s->nr_extents;
+	e = 1 + e % (s->nr_extents - 1); /* extent 0 stays unused: slot 0 means "anonymous" */
 	while (ext_in_use(s, e))
-		e = (e + 1) % s->nr_extents;
+		e = 1 + e % (s->nr_extents - 1);
 	if (!ext_get(s, e))
 		return -ENOMEM;
 	s->ext_used[e / 64] |= 1ull << (e % 64);
@@ -95,7 +96,7 @@ static int extent_open(struct mv_store *s, uint32_t *out)
 static bool slot_free(const struct mv_store *s, uint64_t slot)
 {
 	uint32_t e = (uint32_t)(slot / MV_CHUNK_PAGES), i = (uint32_t)(slot % MV_CHUNK_PAGES);
-	if (e >= s->nr_extents)
+	if (e == 0 || e >= s->nr_extents)
 		return false;
 	if (!ext_in_use(s, e))
 		return true;

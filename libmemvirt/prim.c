@@ -121,6 +121,12 @@ static int page_categories(int pagemap_fd, const void *addr, size_t n, uint8_t *
 	return 0;
 }
 
+static int store_write(int fd, off_t off, const void *page)
+{
+	ssize_t r = pwrite(fd, page, MV_PAGE_SIZE, off);
+	return r == (ssize_t)MV_PAGE_SIZE ? 0 : r < 0 ? -errno : -EIO;
+}
+
 static int punch(int fd, off_t off, size_t len)
 {
 	return neg_errno(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len));
@@ -135,6 +141,7 @@ const struct mv_prim mv__prim_linux = {
 	.uffd_register_wp = uffd_register_wp,
 	.uffd_unregister = uffd_unregister,
 	.page_categories = page_categories,
+	.store_write = store_write,
 	.punch = punch,
 };
 

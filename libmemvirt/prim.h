@@ -41,6 +41,8 @@ struct mv_prim {
 	int (*uffd_unregister)(int uffd, void *addr, size_t len);
 	/* Page categories (MV_PAGE_IS_*) of n pages from addr, one byte each into cat[]. */
 	int (*page_categories)(int pagemap_fd, const void *addr, size_t n, uint8_t *cat);
+	/* Write one page into a memfd at off (the page cache page is not zeroed first). */
+	int (*store_write)(int fd, off_t off, const void *page);
 	/* Punch [off, off+len) out of a memfd. */
 	int (*punch)(int fd, off_t off, size_t len);
 };
