@@ -107,21 +107,21 @@ void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
 		err = publish(d, n, stale);
 		pthread_mutex_unlock(&d->lock);
 	}
-	if (!err)
-		r->pages[idx].flags |= PF_OWNER;
 	rcu_read_unlock();
 	if (err)
 		free(n);
 }
 
-void mv__index_drop_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
-                             const struct mv_region *r, uint64_t idx)
+/* Forget every unstable node that points into r (being removed). */
+void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r)
 {
+	struct cds_lfht_iter it;
+	struct mv_node *n;
 	rcu_read_lock();
 	pthread_mutex_lock(&d->lock);
-	struct mv_node *n = mv__index_find(d, hash, nid);
-	if (n && !n->stable && n->region == r && n->idx == idx && !cds_lfht_del(d->index, &n->lf))
-		call_rcu(&n->rcu, free_node_rcu);
+	cds_lfht_for_each_entry(d->index, &it, n, lf)
+		if (!n->stable && n->region == r && !cds_lfht_del(d->index, &n->lf))
+			call_rcu(&n->rcu, free_node_rcu);
 	pthread_mutex_unlock(&d->lock);
 	rcu_read_unlock();
 }

@@ -14,15 +14,13 @@ enum mv_pstate {
 };
 
 #define PF_RETRY 0x1 /* hashed and protected; merge when found unwritten next time */
-#define PF_OWNER 0x2 /* an unstable index node points at this page */
-#define PF_NOHASH 0x4 /* merged by prediction: hash unknown */
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
 #define MV_SLOT_ANON 0 /* slot 0 is never allocated (extent 0 stays unused) */
 
-/* 16 bytes per guest page: this array is most of memvirt's memory. */
+/* 8 bytes per guest page: this array is most of memvirt's memory. The content hash is
+ * not kept: a page is hashed when it is looked at, and its unstable node holds it. */
 struct mv_page {
-	uint64_t hash;          /* XXH3 of the content when last hashed */
 	uint32_t slot;          /* store slot the page's mapping points at (PS_MERGED: its
 	                           canonical page, one reference held); MV_SLOT_ANON when the
 	                           page lives in the guest's own anonymous mapping */
@@ -93,6 +91,30 @@ static inline int64_t mv__page_vkey(const struct mv_region *r, uint64_t k)
 	return mv__vkey(r->vm->dom->stores[p->nid], p->slot, (uintptr_t)(r->hva + k * MV_PAGE_SIZE));
 }
 
+/* Chunks: 2 MiB of host address space, the unit of a scanner batch. */
+static inline uint64_t mv__chunk_of(const struct mv_region *r, const void *addr)
+{
+	return ((uintptr_t)addr >> 21) - r->chunk0;
+}
+
+static inline void mv__mark_dirty(struct mv_region *r, uint64_t chunk)
+{
+	atomic_fetch_or(&r->dirty[chunk / 64], 1ull << (chunk % 64));
+}
+
+static inline bool mv__take_dirty(struct mv_region *r, uint64_t chunk)
+{
+	uint64_t bit = 1ull << (chunk % 64);
+	return atomic_fetch_and(&r->dirty[chunk / 64], ~bit) & bit;
+}
+
+/* Ask for page idx of r to be looked at again: its twin was found. */
+static inline void mv__rescan(struct mv_region *r, uint64_t idx)
+{
+	atomic_store(&r->pages[idx].rescan, 1);
+	mv__mark_dirty(r, mv__chunk_of(r, r->hva + idx * MV_PAGE_SIZE));
+}
+
 /* The canonical page's node of a PS_MERGED page (we hold a reference: it is alive). */
 static inline struct mv_node *mv__page_node(const struct mv_region *r, const struct mv_page *p)
 {
@@ -105,8 +127,7 @@ void mv__index_free(struct mv_domain *d);
 struct mv_node *mv__index_find(struct mv_domain *d, uint64_t hash, uint32_t nid);
 void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
                             struct mv_region *r, uint64_t idx, struct mv_node *stale);
-void mv__index_drop_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
-                             const struct mv_region *r, uint64_t idx);
+void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r);
 int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, uint32_t nid,
                       const void *content, int64_t preferred, struct mv_node **out);
 bool mv__node_get(struct mv_node *n);
@@ -123,6 +144,7 @@ struct mv_scan_ctx {
 void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
 int mv__region_unmerge(struct mv_host *h, struct mv_region *r);
 void mv__region_forget(struct mv_host *h, struct mv_region *r);
+void mv__region_unprotect(struct mv_host *h, struct mv_region *r);
 uint64_t mv__hash_page(const struct mv_host *h, const void *page);
 void mv__vma_refresh(struct mv_host *h, bool force);
 

@@ -167,7 +167,7 @@ static void set_target(struct chunk *c, unsigned i, struct mv_node *n)
 /*
  * Guess that page i continues the run of the last merged page of the chunk (clones and
  * images: page i+1 equals canonical slot s+1) and check the guess with memcmp alone,
- * skipping the hash. The page's hash stays unknown: PF_NOHASH.
+ * skipping the hash.
  */
 static bool predict(struct chunk *c, unsigned i)
 {
@@ -182,9 +182,7 @@ static bool predict(struct chunk *c, unsigned i)
 		mv__node_put(c->d, n, 1);
 		return false;
 	}
-	struct mv_page *p = page_of(c, i);
-	p->state = PS_CLEAN;
-	p->flags |= PF_NOHASH;
+	page_of(c, i)->state = PS_CLEAN;
 	c->predicted++;
 	set_target(c, i, n);
 	return true;
@@ -199,6 +197,23 @@ static const uint8_t *twin_addr(const struct mv_node *n)
 	return r->hva + n->idx * MV_PAGE_SIZE;
 }
 
+/* Page i equals the page of unstable node n: make it canonical. Its twin merges now if it
+ * is in this chunk (protected too), else on its chunk's next visit. */
+static void promote(struct chunk *c, unsigned i, struct mv_node *n, uint64_t hash)
+{
+	struct mv_node *s;
+	if (mv__index_promote(c->d, n, hash, c->nid, page_addr(c, i), preferred_slot(c, i), &s))
+		return;
+	set_target(c, i, s);
+	uint64_t t = n->idx;
+	if (n->region == c->r && t >= c->first && t < c->first + i &&
+	    c->act[t - c->first] == ACT_NONE && page_of(c, t - c->first)->state == PS_CLEAN &&
+	    mv__node_get(s))
+		set_target(c, (unsigned)(t - c->first), s);
+	else
+		mv__rescan(n->region, t);
+}
+
 /* Step 3 for one page whose content is stable (write-protected). */
 static void decide(struct chunk *c, unsigned i)
 {
@@ -206,23 +221,19 @@ static void decide(struct chunk *c, unsigned i)
 	struct mv_page *p = page_of(c, i);
 	const uint8_t *addr = page_addr(c, i);
 
-	if (c->need[i] == NEED_HASH && p->state == PS_NEW && predict(c, i))
+	if (c->need[i] == NEED_HASH && p->state == PS_CLEAN)
+		return; /* volatile: protected again, looked at next pass if unwritten */
+	if (p->state == PS_NEW && predict(c, i))
 		return;
-	if (c->need[i] == NEED_HASH) {
-		p->hash = mv__hash_page(h, addr);
-		p->flags &= (uint8_t)~PF_NOHASH;
-		c->scanned++;
-		if (p->state == PS_NEW)
-			p->state = PS_CLEAN;
-		else if (p->flags & PF_RETRY)
-			return; /* volatile: look again next pass */
-	}
+	p->state = PS_CLEAN;
 	p->flags &= (uint8_t)~PF_RETRY;
-	if (p->hash == h->zero_hash && p->slot == MV_SLOT_ANON && is_zero(addr)) {
+	uint64_t hash = mv__hash_page(h, addr);
+	c->scanned++;
+	if (hash == h->zero_hash && p->slot == MV_SLOT_ANON && is_zero(addr)) {
 		c->act[i] = ACT_ZERO; /* (inside a store mapping, a dropped page would read the store) */
 		return;
 	}
-	struct mv_node *n = mv__index_find(c->d, p->hash, c->nid);
+	struct mv_node *n = mv__index_find(c->d, hash, c->nid);
 	if (n && n->stable) {
 		if (!mv__node_get(n))
 			return;
@@ -232,25 +243,16 @@ static void decide(struct chunk *c, unsigned i)
 			mv__node_put(c->d, n, 1); /* 64-bit collision: stays unique */
 		return;
 	}
-	if (n && (n->region != c->r || n->idx != c->first + i)) {
+	bool self = n && n->region == c->r && n->idx == c->first + i;
+	if (n && !self) {
 		const uint8_t *twin = twin_addr(n);
 		if (twin && !memcmp(addr, twin, MV_PAGE_SIZE)) {
-			struct mv_node *s;
-			if (mv__index_promote(c->d, n, p->hash, c->nid, addr, preferred_slot(c, i), &s))
-				return;
-			set_target(c, i, s);
-			uint64_t t = n->idx;
-			if (n->region == c->r && t >= c->first && t < c->first + i &&
-			    c->act[t - c->first] == ACT_NONE && page_of(c, t - c->first)->state == PS_CLEAN &&
-			    mv__node_get(s))
-				set_target(c, (unsigned)(t - c->first), s); /* twin is in this chunk */
-			else
-				atomic_store(&n->region->pages[t].rescan, 1);
+			promote(c, i, n, hash);
 			return;
 		}
 	}
-	if (!n || (n->region != c->r || n->idx != c->first + i))
-		mv__index_add_unstable(c->d, p->hash, c->nid, c->r, c->first + i, n);
+	if (!self)
+		mv__index_add_unstable(c->d, hash, c->nid, c->r, c->first + i, n);
 }
 
 /* Step 4a: release the zero pages of the chunk in one vector. */
@@ -333,10 +335,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 		struct mv_page *p = page_of(c, i);
 		if (err) {
 			mv__node_put(c->d, c->tgt[i], 1);
-			if (p->flags & PF_NOHASH)
-				p->state = PS_NEW; /* hash it next time */
-			else
-				p->flags |= PF_RETRY;
+			p->flags |= PF_RETRY;
 			continue;
 		}
 		p->state = PS_MERGED;
@@ -425,7 +424,7 @@ static bool map_chunk(struct chunk *c)
 			memcpy(page_addr(c, i), saved + (size_t)k++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
 			mv__store_punch_unused(h, s, (uint32_t)(slot0 + i));
 			p->state = PS_NEW; /* a private copy: looked at again next pass */
-			p->flags &= (uint8_t)~(PF_RETRY | PF_NOHASH);
+			p->flags &= (uint8_t)~PF_RETRY;
 		}
 		p->slot = (uint32_t)(slot0 + i);
 		p->nid = (uint8_t)ref->nid;
@@ -505,6 +504,27 @@ static bool thp_allows(struct chunk *c, unsigned wanted)
 	return false;
 }
 
+/*
+ * Step 5: can the chunk be skipped until the fault handler reports a write in it? Only
+ * if nothing is pending (no volatile page, none left by the budget, none unhashed) and
+ * every page of it is write-protected now, merged ones included: then no write can
+ * happen without a fault. Needs empty ptes to be protectable (WP_UNPOPULATED).
+ */
+static bool settle(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	if (!h->uffd_unpopulated)
+		return false;
+	for (unsigned i = 0; i < c->n; i++) {
+		const struct mv_page *p = page_of(c, i);
+		if ((p->flags & PF_RETRY) || atomic_load(&p->rescan))
+			return false;
+		if (p->state == PS_NEW && (c->cat[i] & MV_PAGE_IS_PRESENT) && !(c->cat[i] & MV_PAGE_IS_PFNZERO))
+			return false;
+	}
+	return !h->prim->uffd_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE, 1);
+}
+
 /* The whole per-chunk algorithm of the overview. rcu_read_lock held, region alive.
  * The gate is closed before the kernel is asked which pages changed: a page reported
  * unwritten stays write-protected until the gate opens again. */
@@ -516,6 +536,13 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 	uint8_t *hva = r->hva + first * MV_PAGE_SIZE;
 
 	mv__gate_enter(h, ctx->worker, hva, n * MV_PAGE_SIZE);
+	uint64_t id = mv__chunk_of(r, hva);
+	bool dirty = mv__take_dirty(r, id);
+	if (r->quiet[id] && !dirty) {
+		mv__gate_leave(h, ctx->worker);
+		return; /* nothing written since the last visit: the fault handler would know */
+	}
+	r->quiet[id] = 0;
 	if (!h->prim->page_categories(h->pagemap_fd, hva, n, c->cat)) {
 		unsigned wanted = 0;
 		for (unsigned i = 0; i < n; i++)
@@ -528,8 +555,9 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 					decide(c, i);
 			release_zero(c);
 			map_merges(c);
-			h->prim->uffd_wake(h->uffd, hva, n * MV_PAGE_SIZE);
 		}
+		r->quiet[id] = settle(c);
+		h->prim->uffd_wake(h->uffd, hva, n * MV_PAGE_SIZE);
 	}
 	mv__gate_leave(h, ctx->worker);
 	flush_counters(c);
@@ -609,6 +637,8 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 		uint64_t b = i;
 		while (b < r->npages && r->pages[b].state == PS_MERGED)
 			b++;
+		/* lift write protection first, or every page would go through the fault handler */
+		h->prim->uffd_wp(h->uffd, r->hva + i * MV_PAGE_SIZE, (b - i) * MV_PAGE_SIZE, 0);
 		int e = h->prim->populate_write(r->hva + i * MV_PAGE_SIZE, (b - i) * MV_PAGE_SIZE);
 		if (e) {
 			err = e;
@@ -624,19 +654,34 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 		i = b;
 	}
 	mv__count(r->vm, MV_C_MERGED, -(int64_t)merged);
+	memset(r->quiet, 0, r->nr_chunks);
 	return err;
+}
+
+/* Merging is off: drop every write protection (re-registering clears them) so that the
+ * guest no longer pays a fault per first write; pages are looked at afresh later. */
+void mv__region_unprotect(struct mv_host *h, struct mv_region *r)
+{
+	if (!r->registered)
+		return;
+	h->prim->uffd_unregister(h->uffd, r->hva, r->size);
+	if (h->prim->uffd_register_wp(h->uffd, r->hva, r->size)) {
+		r->registered = r->mergeable = false;
+		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes any more; its pages will "
+		        "not be merged", r->vm->name, r->slot);
+	}
+	for (uint64_t i = 0; i < r->npages; i++)
+		if (r->pages[i].state == PS_CLEAN)
+			r->pages[i].state = PS_NEW;
+	memset(r->quiet, 0, r->nr_chunks);
 }
 
 /* Drop the region's unstable index nodes; its pages can no longer be found. */
 void mv__region_forget(struct mv_host *h, struct mv_region *r)
 {
 	int64_t zero = 0;
-	for (uint64_t i = 0; i < r->npages; i++) {
-		struct mv_page *p = &r->pages[i];
-		if (p->flags & PF_OWNER)
-			for (uint32_t nid = 0; nid < r->vm->dom->nr_stores; nid++)
-				mv__index_drop_unstable(r->vm->dom, p->hash, nid, r, i);
-		zero += p->state == PS_ZERO;
-	}
+	for (uint64_t i = 0; i < r->npages; i++)
+		zero += r->pages[i].state == PS_ZERO;
+	mv__index_drop_region(r->vm->dom, r);
 	mv__count(r->vm, MV_C_ZERO, -zero);
 }

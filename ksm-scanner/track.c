@@ -4,7 +4,8 @@
  * and sends a fault here; the handler unprotects that page (the kernel now reports it
  * "written" to PAGEMAP_SCAN) and wakes the writer. While a worker is comparing and
  * replacing the pages of a chunk, faults inside that chunk wait at the gate: this is what
- * makes the merge atomic for writers.
+ * makes the merge atomic for writers. Each release also marks the page's chunk dirty, so
+ * the scanner skips chunks where nothing was written since its last visit.
  */
 #include "ksm.h"
 
@@ -48,6 +49,13 @@ static void release_writer(struct mv_host *h, uintptr_t addr)
 	pthread_mutex_lock(&g->lock);
 	while (gate_closed(g, addr))
 		pthread_cond_wait(&g->done, &g->lock);
+	/* Mark before the write can happen, and after any visit of the chunk has ended:
+	 * the next visit sees the mark. */
+	rcu_read_lock();
+	struct mv_region *r = mv__region_of_hva(rcu_dereference(h->by_hva), addr);
+	if (r)
+		mv__mark_dirty(r, mv__chunk_of(r, page));
+	rcu_read_unlock();
 	if (h->prim->uffd_wp(h->uffd, page, MV_PAGE_SIZE, 0))
 		h->prim->uffd_wake(h->uffd, page, MV_PAGE_SIZE);
 	pthread_mutex_unlock(&g->lock);

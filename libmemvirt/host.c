@@ -59,7 +59,7 @@ void mv__vma_refresh(struct mv_host *h, bool force)
 
 static int host_open_fds(struct mv_host *h)
 {
-	int err = mv__uffd_open(&h->uffd, &h->uffd_shmem);
+	int err = mv__uffd_open(&h->uffd, &h->uffd_shmem, &h->uffd_unpopulated);
 	if (err)
 		return err;
 	h->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -159,6 +159,7 @@ MV_API void mv_host_free(struct mv_host *h)
 	}
 	mv__track_stop(h);
 	rcu_barrier(); /* every call_rcu callback (nodes, regions) has run */
+	free(h->by_hva);
 	close(h->stop_fd);
 	close(h->pagemap_fd);
 	close(h->uffd);

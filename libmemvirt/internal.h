@@ -35,6 +35,11 @@ struct mv_region {
 	bool registered;         /* with the host's userfaultfd */
 	_Atomic bool dead;       /* being removed: readers must not touch hva */
 	struct mv_page *pages;   /* npages entries */
+	uintptr_t chunk0;        /* hva >> 21 of the first page: chunks are 2 MiB of hva */
+	uint64_t nr_chunks;
+	_Atomic uint64_t *dirty; /* bit per chunk: a page was written (or its twin found) since
+	                            the chunk's last visit; set by the fault handler */
+	uint8_t *quiet;          /* per chunk: fully protected, nothing pending: skip unless dirty */
 	_Atomic long vmas;       /* mappings added by merging in this region */
 	struct rcu_head rcu;
 };
@@ -86,6 +91,8 @@ struct mv_host {
 	const struct mv_prim *prim;
 	int uffd, pagemap_fd, stop_fd;
 	bool uffd_shmem;               /* store mappings can be write-protected too */
+	bool uffd_unpopulated;         /* protecting empty ptes works: every write is seen */
+	struct mv_region_map *by_hva;  /* RCU: all regions of all VMs, by hva (fault handler) */
 	uint8_t secret[192];           /* XXH3 secret: a guest cannot aim at one bucket */
 	uint64_t zero_hash;
 	pthread_mutex_t lock;          /* vms, domains, workers, busy flags */
@@ -113,6 +120,7 @@ void mv__log(struct mv_host *h, enum mv_log_level lvl, const char *fmt, ...)
 
 /* vm.c */
 struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa);
+struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva);
 int mv__vm_hold_next(struct mv_host *h, struct mv_vm *after, struct mv_vm **out);
 void mv__vm_release(struct mv_vm *vm);
 void mv__vm_remove_all(struct mv_vm *vm);

@@ -161,14 +161,24 @@ static int uffd_api(uint64_t features, int *out)
 }
 
 /* A write-protect userfaultfd; *shmem tells whether store (shmem) mappings can be
- * protected too. The API handshake can be done once per fd: older kernels get a second. */
-int mv__uffd_open(int *out, bool *shmem)
+ * protected too, *unpopulated whether empty ptes can be. The API handshake can be done
+ * once per fd: older kernels get another fd with fewer features. */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13) /* Linux 6.4 */
+#endif
+
+int mv__uffd_open(int *out, bool *shmem, bool *unpopulated)
 {
-	*shmem = true;
-	int err = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, out);
-	if (err == -ENOSYS) {
-		*shmem = false;
-		err = uffd_api(UFFD_FEATURE_PAGEFAULT_FLAG_WP, out);
+	static const uint64_t tries[] = {
+		UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
+		UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+		UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+	};
+	int err = -ENOSYS;
+	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]) && err == -ENOSYS; i++) {
+		err = uffd_api(tries[i], out);
+		*shmem = tries[i] & UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+		*unpopulated = tries[i] & UFFD_FEATURE_WP_UNPOPULATED;
 	}
 	return err;
 }

@@ -50,7 +50,7 @@ struct mv_prim {
 extern const struct mv_prim mv__prim_linux;
 
 /* One-shot helpers (not on hot paths). */
-int mv__uffd_open(int *out, bool *shmem);    /* sync write-protect userfaultfd */
+int mv__uffd_open(int *out, bool *shmem, bool *unpopulated); /* sync write-protect uffd */
 int mv__memfd_store(const char *name, size_t size, int *out);
 int mv__read_long(const char *path, long *out);
 int mv__count_maps(long *out);               /* lines of /proc/self/maps */

@@ -198,17 +198,29 @@ static int map_replace(struct mv_vm *vm, struct mv_region *add, struct mv_region
 	return 0;
 }
 
+static void region_free(struct mv_region *r)
+{
+	free(r->pages);
+	free((void *)r->dirty);
+	free(r->quiet);
+	free(r);
+}
+
 static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void *hva,
                                     uint64_t size, uint32_t flags)
 {
 	struct mv_region *r = calloc(1, sizeof(*r));
 	if (!r)
 		return NULL;
+	uintptr_t a = (uintptr_t)hva;
 	*r = (struct mv_region){ .slot = slot, .flags = flags, .gpa = gpa, .size = size,
-	                         .npages = size >> MV_PAGE_SHIFT, .hva = hva, .vm = vm };
+	                         .npages = size >> MV_PAGE_SHIFT, .hva = hva, .vm = vm,
+	                         .chunk0 = a >> 21, .nr_chunks = ((a + size - 1) >> 21) - (a >> 21) + 1 };
 	r->pages = calloc(r->npages, sizeof(*r->pages));
-	if (!r->pages) {
-		free(r);
+	r->dirty = calloc((r->nr_chunks + 63) / 64, sizeof(*r->dirty));
+	r->quiet = calloc(r->nr_chunks, 1);
+	if (!r->pages || !r->dirty || !r->quiet) {
+		region_free(r);
 		return NULL;
 	}
 	return r;
@@ -216,9 +228,53 @@ static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gp
 
 static void region_free_rcu(struct rcu_head *head)
 {
-	struct mv_region *r = caa_container_of(head, struct mv_region, rcu);
-	free(r->pages);
-	free(r);
+	region_free(caa_container_of(head, struct mv_region, rcu));
+}
+
+static int by_hva(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)(*(struct mv_region *const *)a)->hva;
+	uintptr_t y = (uintptr_t)(*(struct mv_region *const *)b)->hva;
+	return x < y ? -1 : x > y;
+}
+
+/* Rebuild the host's table of every region by host address, for the fault handler.
+ * host->lock held. On -ENOMEM the old table stays: a missed dirty mark only delays a
+ * merge (the chunk is looked at when something else dirties it). */
+static void hva_index_publish(struct mv_host *h)
+{
+	unsigned n = 0;
+	struct mv_vm *vm;
+	cds_list_for_each_entry(vm, &h->vms, link)
+		n += vm->map ? vm->map->n : 0;
+	struct mv_region_map *m = malloc(sizeof(*m) + n * sizeof(m->r[0]));
+	if (!m)
+		return;
+	m->n = 0;
+	cds_list_for_each_entry(vm, &h->vms, link)
+		for (unsigned i = 0; vm->map && i < vm->map->n; i++)
+			m->r[m->n++] = vm->map->r[i];
+	qsort(m->r, m->n, sizeof(m->r[0]), by_hva);
+	struct mv_region_map *old = h->by_hva;
+	rcu_assign_pointer(h->by_hva, m);
+	synchronize_rcu();
+	free(old);
+}
+
+struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva)
+{
+	unsigned lo = 0, hi = map ? map->n : 0;
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
+		struct mv_region *r = map->r[mid];
+		if (hva < (uintptr_t)r->hva)
+			hi = mid;
+		else if (hva - (uintptr_t)r->hva >= r->size)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
 }
 
 /* Decide whether the region can share pages, and register it for write tracking. */
@@ -263,13 +319,13 @@ MV_API int mv_vm_region_add(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void 
 		err = map_replace(vm, r, NULL);
 		if (err && r->registered)
 			h->prim->uffd_unregister(h->uffd, r->hva, r->size);
+		else if (!err)
+			hva_index_publish(h);
 	}
 	pthread_mutex_unlock(&h->lock);
 	pthread_mutex_unlock(&vm->lock);
-	if (err) {
-		free(r->pages);
-		free(r);
-	}
+	if (err)
+		region_free(r);
 	return err;
 }
 
@@ -301,8 +357,12 @@ MV_API int mv_vm_region_remove(struct mv_vm *vm, uint32_t slot)
 		if (vm->map->r[i]->slot == slot)
 			r = vm->map->r[i];
 	int err = r ? map_replace(vm, NULL, r) : -ENOENT;
-	if (!err)
+	if (!err) {
+		pthread_mutex_lock(&vm->host->lock);
+		hva_index_publish(vm->host);
+		pthread_mutex_unlock(&vm->host->lock);
 		region_retire(vm->host, r);
+	}
 	pthread_mutex_unlock(&vm->lock);
 	return err;
 }
@@ -312,6 +372,9 @@ void mv__vm_remove_all(struct mv_vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	struct mv_region_map *m = vm->map;
 	rcu_assign_pointer(vm->map, NULL);
+	pthread_mutex_lock(&vm->host->lock);
+	hva_index_publish(vm->host);
+	pthread_mutex_unlock(&vm->host->lock);
 	synchronize_rcu();
 	for (unsigned i = 0; m && i < m->n; i++)
 		region_retire(vm->host, m->r[i]);
@@ -337,6 +400,7 @@ MV_API int mv_vm_set_merging(struct mv_vm *vm, bool on)
 			int e = mv__region_unmerge(h, r);
 			if (e && !err)
 				err = e;
+			mv__region_unprotect(h, r);
 		}
 		if (err)
 			__atomic_store_n(&vm->merging, true, __ATOMIC_RELEASE);
