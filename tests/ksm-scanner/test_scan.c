@@ -154,6 +154,34 @@ static void writes_stay_private(void **state)
 	mv_host_free(h);
 }
 
+static uint64_t unique_seed(size_t i)
+{
+	return 300000 + i;
+}
+
+/* Chunks where nothing happens are skipped; a write in one brings it back. */
+static void quiet_chunks_notice_writes(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest g;
+	guest_init(&g, h, "q", NULL, 1024, unique_seed);
+	assert_int_equal(mv_host_scan(h, 2), 0);
+	struct mv_scan_stats before, after;
+	mv_host_stats(h, &before);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	mv_host_stats(h, &after);
+	assert_int_equal(after.pages_scanned, before.pages_scanned); /* nothing re-read */
+	memcpy(g.mem + 700 * TPAGE, g.mem + 3 * TPAGE, TPAGE);  /* now a duplicate */
+	memcpy(g.shadow + 700 * TPAGE, g.shadow + 3 * TPAGE, TPAGE);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(pfn_of(&g, 3), pfn_of(&g, 700));
+	mv_host_stats(h, &after);
+	assert_true(after.pages_scanned - before.pages_scanned < 8);
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
 static uint64_t same_seed(size_t i)
 {
 	return i % 64 == 0 ? 0 : 7000 + i % 32;
@@ -370,6 +398,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(identical_pages_share_a_frame),
 		cmocka_unit_test(writes_stay_private),
+		cmocka_unit_test(quiet_chunks_notice_writes),
 		cmocka_unit_test(domains_keep_tenants_apart),
 		cmocka_unit_test(numa_nodes_are_respected),
 		cmocka_unit_test(vma_budget_stops_merging_cleanly),
