@@ -5,27 +5,35 @@
  * Guest RAM regions are registered with the host's userfaultfd in write-protect mode.
  * A worker walks each region in 2 MiB chunks. For every chunk it:
  *
+ *  0. closes the gate on the chunk (the fault handler will not let a writer go in it)
+ *     and skips the chunk if it is quiet (fully protected, nothing pending) and the
+ *     fault handler marked no write in it since the last visit.
  *  1. asks the kernel which pages changed (PAGEMAP_SCAN): a write-protected page that
  *     is "written" was written since it was hashed; a merged page that is no longer a
  *     file page got a private copy (COW break); a released zero page that is present
- *     and not the zero PFN was written. Unchanged pages cost nothing more.
- *  2. closes the gate on the chunk (the fault handler will not unprotect in it) and
- *     write-protects the pages it will look at, in one ioctl per run. From here to
- *     step 5 no write can land in them: writers sleep in the fault.
+ *     and not the zero PFN was written. A page reported unwritten stays protected
+ *     until the gate opens again.
+ *  2. write-protects the pages it will look at, in one ioctl per stretch. From here on
+ *     no write can land in them: writers sleep in the fault.
  *  3. hashes those pages (XXH3 with a per-host secret) and looks each hash up in the
  *     domain's index. The index only proposes; memcmp decides: against the zero page,
  *     a canonical page of the store (stable node), or another guest page seen once
  *     with that hash (unstable node), which is then promoted to a canonical page.
- *     A page written since its last look is volatile: hashed and protected again,
- *     merged next time only if it stayed unwritten (as ksmd does).
- *  4. releases zero pages (MADV_DONTNEED, one vector for the chunk) and maps runs of
- *     duplicates onto consecutive store slots with one mmap(MAP_PRIVATE|MAP_FIXED) per
- *     run. Store slots are allocated to continue the run of the previous page, so the
- *     mappings of neighbouring pages fuse into one VMA. Each mapping is charged to the
- *     VMA budget first; when it is spent, pages stay unmerged and are counted.
- *  5. wakes the writers that slept in the chunk and opens the gate. A writer whose
- *     page was merged retries its fault on the new mapping and gets a private copy:
- *     its write lands after the merge, never before, so no write is lost.
+ *     A page that continues a run of merged pages is first compared with the next
+ *     canonical page of the run, without hashing (cloned guests). A page written since
+ *     its last look is volatile: protected again and merged next time only if it stayed
+ *     unwritten (as ksmd does).
+ *  4. releases zero pages (MADV_DONTNEED, one vector for the chunk) and maps duplicates
+ *     onto store slots: the whole chunk at once when most of it equals one run of
+ *     canonical pages (the few other pages are written back as private copies), else
+ *     one mmap(MAP_PRIVATE|MAP_FIXED) per run of consecutive slots. Slots are allocated
+ *     to continue the run of the previous page, so neighbouring mappings fuse into one
+ *     VMA. Each mapping is charged to the VMA budget first; when it is spent, pages
+ *     stay unmerged and are counted.
+ *  5. protects the whole chunk if nothing is pending (it is then quiet), wakes the
+ *     writers that slept in it and opens the gate. A writer whose page was merged
+ *     retries its fault on the new mapping and gets a private copy: its write lands
+ *     after the merge, never before, so no write is lost.
  */
 #include "ksm.h"
 
