@@ -131,7 +131,8 @@ install: all
 	ln -sf libmemvirt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf libmemvirt.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libmemvirt.so
 	install -m 644 $(B)/libmemvirt.a $(DESTDIR)$(LIBDIR)/
-	install -m 644 $(B)/memvirt.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	sed -e 's|@PREFIX@|$(PREFIX)|;s|@LIBDIR@|$(LIBDIR)|;s|@INCDIR@|$(INCDIR)|;s|@VERSION@|$(VERSION)|' \
+		memvirt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/memvirt.pc
 	install -m 755 $(B)/memvirt $(DESTDIR)$(BINDIR)/
 
 uninstall:
