@@ -139,7 +139,6 @@ struct mv_scan_ctx {
 	unsigned worker;
 	double cpu_share;          /* cores; <= 0: unlimited */
 	uint64_t win_wall, win_cpu; /* start of the current throttle window */
-	uint8_t *scratch;          /* 2 MiB for pages written back in chunk mode; owner frees */
 };
 void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
 int mv__region_unmerge(struct mv_host *h, struct mv_region *r);

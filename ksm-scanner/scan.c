@@ -112,6 +112,7 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 	case PS_ZERO:
 		if (present && !(cat & MV_PAGE_IS_PFNZERO)) {
 			p->state = PS_NEW;
+			c->zero--; /* reused by the guest: no longer a released page */
 			return NEED_HASH;
 		}
 		return NEED_NO;
@@ -146,8 +147,14 @@ static void protect(struct chunk *c)
 			if (c->need[k])
 				last = k;
 		b = last + 1;
-		if (h->prim->uffd_wp(h->uffd, page_addr(c, a), (size_t)(b - a) * MV_PAGE_SIZE, 1))
-			memset(c->need + a, NEED_NO, b - a); /* cannot make it atomic: leave it */
+		if (h->prim->uffd_wp(h->uffd, page_addr(c, a), (size_t)(b - a) * MV_PAGE_SIZE, 1)) {
+			/* cannot make it atomic: leave these pages, and let none of them serve as
+			 * a twin (it may be unprotected) */
+			memset(c->need + a, NEED_NO, b - a);
+			for (unsigned k = a; k < b; k++)
+				if (page_of(c, k)->state == PS_CLEAN)
+					page_of(c, k)->state = PS_NEW;
+		}
 		i = b;
 	}
 }
@@ -368,8 +375,9 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
  * (guests cloned from one image), map the whole chunk onto that run with one mmap and
  * write the few differing pages back: they become private copies inside the same
  * mapping. One VMA for the chunk instead of two per differing page, and neighbouring
- * chunks fuse. Pages to write back are write-protected (the gate is closed), so their
- * bytes are final; a writer sleeping on one writes after us, on its private copy.
+ * chunks fuse. The whole chunk is protected first (the gate is closed), so every byte
+ * copied is final; the new mapping is built aside and swapped in with one mremap, so
+ * no reader ever sees a half-built chunk and no write lands in between.
  */
 #define CHUNK_MIN_MATCH (MV_CHUNK_PAGES * 3 / 4)
 
@@ -395,6 +403,38 @@ static bool chunk_fits(struct chunk *c, int64_t slot0, unsigned *back)
 	return match >= CHUNK_MIN_MATCH && runs >= 2;
 }
 
+/* Chunk mode needs every page of the chunk protected and each page merged there before
+ * still mapping its canonical page (no private copy made since the chunk was read). */
+static bool chunk_stable(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	uint8_t cat[MV_CHUNK_PAGES];
+	if (h->prim->uffd_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE, 1) ||
+	    h->prim->page_categories(h->pagemap_fd, page_addr(c, 0), c->n, cat))
+		return false;
+	for (unsigned i = 0; i < c->n; i++)
+		if (page_of(c, i)->state == PS_MERGED && (cat[i] & MV_PAGE_IS_PRESENT) &&
+		    !(cat[i] & MV_PAGE_IS_FILE))
+			return false;
+	return true;
+}
+
+/* Build the chunk's new mapping off to the side: the store run, with the pages that
+ * differ written into it (private copies). The guest chunk is untouched meanwhile. */
+static int chunk_build(struct chunk *c, struct mv_store *s, int64_t slot0, uint8_t **out)
+{
+	struct mv_host *h = c->ctx->h;
+	void *aside;
+	int err = h->prim->map_private(MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE, &aside);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < c->n; i++)
+		if (!(c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) && page_of(c, i)->state != PS_MERGED)
+			memcpy((uint8_t *)aside + (size_t)i * MV_PAGE_SIZE, page_addr(c, i), MV_PAGE_SIZE);
+	*out = aside;
+	return 0;
+}
+
 static bool map_chunk(struct chunk *c)
 {
 	struct mv_host *h = c->ctx->h;
@@ -405,35 +445,36 @@ static bool map_chunk(struct chunk *c)
 	int64_t slot0 = (int64_t)ref->slot - c->last_merge;
 	int64_t key = mv__vkey(s, ref->slot, (uintptr_t)page_addr(c, (unsigned)c->last_merge));
 	unsigned back;
-	if (slot0 <= 0 || !chunk_fits(c, slot0, &back))
+	if (slot0 <= 0 || slot0 + c->n > (int64_t)s->nr_extents * (int64_t)MV_CHUNK_PAGES ||
+	    !chunk_fits(c, slot0, &back) || !chunk_stable(c))
 		return false;
 	long delta = vma_delta(c->r, c->first, c->first + c->n, key);
-	if (!c->ctx->scratch && !(c->ctx->scratch = malloc(MV_CHUNK_SIZE)))
-		return false;
 	if (!vma_charge(h, delta))
 		return false;
-	uint8_t *saved = c->ctx->scratch;
-	for (unsigned i = 0, k = 0; i < c->n; i++)
-		if (!(c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) && page_of(c, i)->state != PS_MERGED)
-			memcpy(saved + (size_t)k++ * MV_PAGE_SIZE, page_addr(c, i), MV_PAGE_SIZE);
-	if (h->prim->map_private_fixed(page_addr(c, 0), MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE)) {
+	uint8_t *aside;
+	if (chunk_build(c, s, slot0, &aside)) {
+		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
+		return false;
+	}
+	/* One atomic swap: a writer sleeping on a protected page of the chunk retries its
+	 * fault on the new mapping and gets a private copy there. */
+	if (h->prim->move_fixed(aside, MV_CHUNK_SIZE, page_addr(c, 0))) {
+		h->prim->unmap(aside, MV_CHUNK_SIZE);
 		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
 		return false;
 	}
 	account_vmas(c, delta);
 	pthread_mutex_lock(&c->d->lock);
-	for (unsigned i = 0, k = 0; i < c->n; i++) {
+	for (unsigned i = 0; i < c->n; i++) {
 		struct mv_page *p = page_of(c, i);
 		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) {
 			p->state = PS_MERGED;
-			p->flags &= (uint8_t)~PF_RETRY;
 			c->merged++;
 		} else if (p->state != PS_MERGED) {
-			memcpy(page_addr(c, i), saved + (size_t)k++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
 			mv__store_punch_unused(h, s, (uint32_t)(slot0 + i));
 			p->state = PS_NEW; /* a private copy: looked at again next pass */
-			p->flags &= (uint8_t)~PF_RETRY;
 		}
+		p->flags &= (uint8_t)~PF_RETRY;
 		p->slot = (uint32_t)(slot0 + i);
 		p->nid = (uint8_t)ref->nid;
 	}
@@ -546,7 +587,7 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 	mv__gate_enter(h, ctx->worker, hva, n * MV_PAGE_SIZE);
 	uint64_t id = mv__chunk_of(r, hva);
 	bool dirty = mv__take_dirty(r, id);
-	if (r->quiet[id] && !dirty) {
+	if (r->quiet[id] && !dirty && !atomic_load(&h->marks_lost)) {
 		mv__gate_leave(h, ctx->worker);
 		return; /* nothing written since the last visit: the fault handler would know */
 	}

@@ -120,7 +120,7 @@ static int slot_take(struct mv_store *s, uint32_t slot)
 /*
  * Pick a slot: `preferred` when it is free (it continues a run, so the mappings of
  * neighbouring guest pages fuse), else the same place in a fresh random extent.
- * preferred < 0 means no preference. Domain lock held.
+ * preferred = -1 - k: no run to continue, a fresh extent at offset k. Domain lock held.
  */
 int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot)
 {
@@ -132,7 +132,8 @@ int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot)
 	int err = extent_open(s, &e);
 	if (err)
 		return err;
-	uint32_t in = preferred >= 0 ? (uint32_t)(preferred % MV_CHUNK_PAGES) : 0;
+	/* preferred = -1 - k asks for a fresh extent at offset k */
+	uint32_t in = (uint32_t)((preferred >= 0 ? preferred : -1 - preferred) % MV_CHUNK_PAGES);
 	*slot = e * MV_CHUNK_PAGES + in;
 	s->ext[e]->bits[in / 64] |= 1ull << (in % 64);
 	s->ext[e]->live++;

@@ -115,6 +115,7 @@ MV_API int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out)
 	CDS_INIT_LIST_HEAD(&h->vms);
 	CDS_INIT_LIST_HEAD(&h->domains);
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->ctl_lock, NULL);
 	pthread_cond_init(&h->idle, NULL);
 	pthread_mutex_init(&h->gate.lock, NULL);
 	pthread_cond_init(&h->gate.done, NULL);
@@ -171,16 +172,22 @@ static void host_pass(struct mv_host *h, struct mv_scan_ctx *ctx)
 {
 	struct mv_vm *vm = NULL;
 	mv__vma_refresh(h, false);
-	while (!atomic_load(&h->stopping) && !mv__vm_hold_next(h, vm, &vm)) {
+	/* hold_next releases the VM held so far under host->lock and takes the next one */
+	while (!mv__vm_hold_next(h, vm, &vm)) {
+		if (atomic_load(&h->stopping)) {
+			mv__vm_release(vm);
+			break;
+		}
 		uint64_t t0 = mv__thread_cpu_ns();
 		mv__scan_vm(ctx, vm);
 		mv__count(vm, MV_C_CPU_NS, (int64_t)(mv__thread_cpu_ns() - t0));
-		mv__vm_release(vm);
 	}
 	atomic_fetch_add(&h->c.v[MV_C_FULL_SCANS], 1);
 }
 
 struct worker_arg { struct mv_host *h; unsigned id; };
+
+static void stop_workers(struct mv_host *h);
 
 static void *worker_main(void *arg)
 {
@@ -198,7 +205,6 @@ static void *worker_main(void *arg)
 			nanosleep(&ts, NULL);
 		}
 	}
-	free(ctx.scratch);
 	return NULL;
 }
 
@@ -206,6 +212,7 @@ MV_API int mv_host_start(struct mv_host *h)
 {
 	if (!h)
 		return -EINVAL;
+	pthread_mutex_lock(&h->ctl_lock);
 	pthread_mutex_lock(&h->lock);
 	int err = 0;
 	atomic_store(&h->stopping, false);
@@ -225,14 +232,14 @@ MV_API int mv_host_start(struct mv_host *h)
 	}
 	pthread_mutex_unlock(&h->lock);
 	if (err)
-		mv_host_stop(h);
+		stop_workers(h);
+	pthread_mutex_unlock(&h->ctl_lock);
 	return err;
 }
 
-MV_API int mv_host_stop(struct mv_host *h)
+/* ctl_lock held: start, stop and synchronous scans never overlap. */
+static void stop_workers(struct mv_host *h)
 {
-	if (!h)
-		return -EINVAL;
 	atomic_store(&h->stopping, true);
 	pthread_mutex_lock(&h->lock);
 	unsigned n = h->nr_workers;
@@ -241,6 +248,15 @@ MV_API int mv_host_stop(struct mv_host *h)
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(h->workers[i], NULL);
 	atomic_store(&h->stopping, false);
+}
+
+MV_API int mv_host_stop(struct mv_host *h)
+{
+	if (!h)
+		return -EINVAL;
+	pthread_mutex_lock(&h->ctl_lock);
+	stop_workers(h);
+	pthread_mutex_unlock(&h->ctl_lock);
 	return 0;
 }
 
@@ -248,15 +264,19 @@ MV_API int mv_host_scan(struct mv_host *h, unsigned passes)
 {
 	if (!h)
 		return -EINVAL;
+	if (pthread_mutex_trylock(&h->ctl_lock))
+		return -EBUSY; /* another mv_host_scan(), or a start/stop in progress */
 	pthread_mutex_lock(&h->lock);
 	bool running = h->nr_workers > 0;
 	pthread_mutex_unlock(&h->lock);
-	if (running)
+	if (running) {
+		pthread_mutex_unlock(&h->ctl_lock);
 		return -EBUSY;
+	}
 	struct mv_scan_ctx ctx = { .h = h, .worker = MV_MAX_WORKERS };
 	for (unsigned i = 0; i < passes; i++)
 		host_pass(h, &ctx);
-	free(ctx.scratch);
+	pthread_mutex_unlock(&h->ctl_lock);
 	return 0;
 }
 

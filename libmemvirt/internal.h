@@ -96,6 +96,9 @@ struct mv_host {
 	uint8_t secret[192];           /* XXH3 secret: a guest cannot aim at one bucket */
 	uint64_t zero_hash;
 	pthread_mutex_t lock;          /* vms, domains, workers, busy flags */
+	pthread_mutex_t ctl_lock;      /* serialises start, stop and mv_host_scan() */
+	atomic_bool marks_lost;        /* the by_hva table could not be rebuilt once: dirty
+	                                  marks may be missing, never skip a quiet chunk */
 	pthread_cond_t idle;           /* a VM stopped being busy */
 	struct cds_list_head vms, domains;
 	struct mv_batch_gate gate;

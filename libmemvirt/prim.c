@@ -33,6 +33,26 @@ static int map_private_fixed(void *addr, size_t len, int fd, off_t off)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
+static int map_private(size_t len, int fd, off_t off, void **out)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off);
+	if (p == MAP_FAILED)
+		return -errno;
+	*out = p;
+	return 0;
+}
+
+static int move_fixed(void *from, size_t len, void *to)
+{
+	void *p = mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	return p == MAP_FAILED ? -errno : 0;
+}
+
+static int unmap(void *addr, size_t len)
+{
+	return neg_errno(munmap(addr, len));
+}
+
 static int dontneed(const struct iovec *iov, size_t n)
 {
 	static int no_pmadv;
@@ -134,6 +154,9 @@ static int punch(int fd, off_t off, size_t len)
 
 const struct mv_prim mv__prim_linux = {
 	.map_private_fixed = map_private_fixed,
+	.map_private = map_private,
+	.move_fixed = move_fixed,
+	.unmap = unmap,
 	.dontneed = dontneed,
 	.populate_write = populate_write,
 	.uffd_wp = uffd_wp,

@@ -30,6 +30,11 @@ struct mv_prim {
 	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_FIXED, fd, off): back [addr, addr+len) by a
 	 * private copy-on-write view of fd. Never populates. */
 	int (*map_private_fixed)(void *addr, size_t len, int fd, off_t off);
+	/* The same, at an address of the kernel's choice (*out), to be filled off to the side. */
+	int (*map_private)(size_t len, int fd, off_t off, void **out);
+	/* mremap(from -> to, MREMAP_MAYMOVE|MREMAP_FIXED): replace [to, to+len) atomically. */
+	int (*move_fixed)(void *from, size_t len, void *to);
+	int (*unmap)(void *addr, size_t len);
 	/* madvise(MADV_DONTNEED) on n ranges (process_madvise when n > 1 and available). */
 	int (*dontneed)(const struct iovec *iov, size_t n);
 	/* madvise(MADV_POPULATE_WRITE): break copy-on-write without changing the bytes. */

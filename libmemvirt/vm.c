@@ -239,8 +239,9 @@ static int by_hva(const void *a, const void *b)
 }
 
 /* Rebuild the host's table of every region by host address, for the fault handler.
- * host->lock held. On -ENOMEM the old table stays: a missed dirty mark only delays a
- * merge (the chunk is looked at when something else dirties it). */
+ * host->lock held. Without memory for the table, publish none (the old one may point
+ * at a region being removed) and stop trusting quiet chunks: with dirty marks missing,
+ * every chunk is visited again, as before write tracking. */
 static void hva_index_publish(struct mv_host *h)
 {
 	unsigned n = 0;
@@ -248,13 +249,17 @@ static void hva_index_publish(struct mv_host *h)
 	cds_list_for_each_entry(vm, &h->vms, link)
 		n += vm->map ? vm->map->n : 0;
 	struct mv_region_map *m = malloc(sizeof(*m) + n * sizeof(m->r[0]));
-	if (!m)
-		return;
-	m->n = 0;
-	cds_list_for_each_entry(vm, &h->vms, link)
-		for (unsigned i = 0; vm->map && i < vm->map->n; i++)
-			m->r[m->n++] = vm->map->r[i];
-	qsort(m->r, m->n, sizeof(m->r[0]), by_hva);
+	if (!m) {
+		atomic_store(&h->marks_lost, true);
+		mv__log(h, MV_LOG_WARN, "out of memory for the fault handler's region table: "
+		        "every chunk is rescanned from now on");
+	} else {
+		m->n = 0;
+		cds_list_for_each_entry(vm, &h->vms, link)
+			for (unsigned i = 0; vm->map && i < vm->map->n; i++)
+				m->r[m->n++] = vm->map->r[i];
+		qsort(m->r, m->n, sizeof(m->r[0]), by_hva);
+	}
 	struct mv_region_map *old = h->by_hva;
 	rcu_assign_pointer(h->by_hva, m);
 	synchronize_rcu();

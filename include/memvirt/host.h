@@ -14,8 +14,9 @@ struct mv_host;
 
 enum mv_log_level { MV_LOG_ERROR, MV_LOG_WARN, MV_LOG_INFO, MV_LOG_DEBUG };
 
-/* Log sink. Called from any library thread, never with a library lock that the
- * callback could need; msg is valid for the duration of the call only. */
+/* Log sink. Called from any library thread, possibly with library locks held: the
+ * callback must not call back into libmemvirt (queue the message if it needs to).
+ * msg is valid for the duration of the call only. */
 typedef void (*mv_log_fn)(void *opaque, enum mv_log_level level, const char *msg);
 
 /*
@@ -70,7 +71,8 @@ int mv_host_stop(struct mv_host *host);
 /*
  * Run `passes` full scanning passes over every VM in the calling thread, without CPU
  * budget, then return. For tests, benchmarks and VMMs that schedule scanning
- * themselves. Returns -EBUSY while the background workers run.
+ * themselves. Returns -EBUSY while the background workers run or another thread is in
+ * mv_host_scan(), mv_host_start() or mv_host_stop().
  */
 int mv_host_scan(struct mv_host *host, unsigned passes);
 

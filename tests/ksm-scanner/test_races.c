@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,18 +80,22 @@ static void no_write_is_lost(void **state)
 	assert_int_equal(mv_vm_new(h, &vc, &vm), 0);
 	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, PAGES * TPAGE, 0), 0);
 
-	/* Rounds: a quiet pass makes pages merge candidates, then writers race the pass
-	 * that merges them, then stop and every page is checked. Checking each round
+	/* Rounds: a quiet pass makes pages merge candidates, then writers race the passes
+	 * that merge them, then stop and every page is checked. Checking each round
 	 * matters: a lost write is soon healed by a later full-page write to the page. */
 	uint64_t merged_seen = 0, cow_seen = 0;
 	size_t bad = 0;
-	for (int round = 0; round < 100 && !bad; round++) {
+	/* at least 60 rounds, and until a merged page was written (slow builds: ASan) */
+	for (int round = 0; !bad && (round < 60 || (!cow_seen && round < 600)); round++) {
 		pthread_t w[WRITERS];
 		assert_int_equal(mv_host_scan(h, 1), 0);
 		atomic_store(&stop, false);
+		long w0 = atomic_load(&writes);
 		for (uintptr_t t = 0; t < WRITERS; t++)
 			pthread_create(&w[t], NULL, writer, (void *)(t + (uintptr_t)round * WRITERS));
-		assert_int_equal(mv_host_scan(h, 1), 0);
+		do /* scan while the writers write: they dirty chunks the scanner then merges */
+			assert_int_equal(mv_host_scan(h, 1), 0);
+		while (atomic_load(&writes) - w0 < 64);
 		atomic_store(&stop, true);
 		for (int t = 0; t < WRITERS; t++)
 			pthread_join(w[t], NULL);
@@ -116,6 +121,93 @@ static void no_write_is_lost(void **state)
 	mv_host_free(h);
 	tu_guest_free(mem, PAGES);
 	free(shadow);
+}
+
+/* Cloned guests: writers make pages of clone B differ from the image and return them to
+ * it, so B's chunks are merged whole (chunk mode) while writes race the swap. */
+static uint8_t *image;
+
+static void *clone_writer(void *arg)
+{
+	uint64_t t = (uintptr_t)arg % WRITERS, rng = 0x777 + (uintptr_t)arg;
+	while (!atomic_load(&stop)) {
+		size_t i = (size_t)(tu_rand(&rng) % (PAGES / WRITERS)) * WRITERS + t;
+		uint8_t *p = mem + i * TPAGE, *s = shadow + i * TPAGE;
+		uint64_t r = tu_rand(&rng);
+		if (r % 3) {
+			memcpy(p, image + i * TPAGE, TPAGE);
+			memcpy(s, image + i * TPAGE, TPAGE);
+		} else {
+			size_t w = (r >> 8) % (TPAGE / 8);
+			((volatile uint64_t *)p)[w] = r;
+			((uint64_t *)s)[w] = r;
+		}
+		atomic_fetch_add(&writes, 1);
+		if (!(r & 63))
+			sched_yield();
+	}
+	return NULL;
+}
+
+static void no_write_is_lost_in_cloned_chunks(void **state)
+{
+	image = tu_guest_alloc(PAGES);
+	for (size_t i = 0; i < PAGES; i++)
+		tu_fill(image + i * TPAGE, 4000000 + i);
+	mem = tu_guest_alloc(PAGES);
+	memcpy(mem, image, PAGES * TPAGE);
+	shadow = malloc(PAGES * TPAGE);
+	memcpy(shadow, mem, PAGES * TPAGE);
+	uint8_t *image_copy = malloc(PAGES * TPAGE);
+	memcpy(image_copy, image, PAGES * TPAGE);
+
+	struct mv_host *h = tu_host();
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.domain = "golden";
+	vc.name = "image";
+	struct mv_vm *va, *vb;
+	assert_int_equal(mv_vm_new(h, &vc, &va), 0);
+	vc.name = "clone";
+	assert_int_equal(mv_vm_new(h, &vc, &vb), 0);
+	assert_int_equal(mv_vm_region_add(va, 0, 0, image, PAGES * TPAGE, 0), 0);
+	assert_int_equal(mv_vm_region_add(vb, 0, 0, mem, PAGES * TPAGE, 0), 0);
+
+	size_t bad = 0;
+	uint64_t merged_seen = 0;
+	for (int round = 0; round < 60 && !bad; round++) {
+		pthread_t w[WRITERS];
+		assert_int_equal(mv_host_scan(h, 1), 0);
+		atomic_store(&stop, false);
+		long w0 = atomic_load(&writes);
+		for (uintptr_t t = 0; t < WRITERS; t++)
+			pthread_create(&w[t], NULL, clone_writer, (void *)(t + (uintptr_t)round * WRITERS));
+		do
+			assert_int_equal(mv_host_scan(h, 1), 0);
+		while (atomic_load(&writes) - w0 < 64);
+		atomic_store(&stop, true);
+		for (int t = 0; t < WRITERS; t++)
+			pthread_join(w[t], NULL);
+		bad = mismatches() + (memcmp(image, image_copy, PAGES * TPAGE) != 0);
+		struct mv_scan_stats st;
+		mv_vm_stats(vb, &st);
+		merged_seen += st.pages_merged;
+	}
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	printf("writes %ld, clone pages merged across rounds %lu, mappings %lu\n",
+	       atomic_load(&writes), merged_seen, st.vmas_used);
+	assert_int_equal(bad, 0);
+	assert_true(merged_seen > PAGES);
+	mv_vm_free(vb);
+	mv_vm_free(va);
+	assert_int_equal(mismatches(), 0);
+	assert_memory_equal(image, image_copy, PAGES * TPAGE);
+	mv_host_free(h);
+	tu_guest_free(mem, PAGES);
+	tu_guest_free(image, PAGES);
+	free(shadow);
+	free(image_copy);
 }
 
 /* Background workers scan while regions are hot-plugged and unplugged. */
@@ -159,6 +251,14 @@ static void regions_come_and_go_under_workers(void **state)
 		assert_memory_equal(m[r], sh, RP * TPAGE);
 		m[r][7 * TPAGE] ^= 1; /* writable, and a write of our own does not touch the shadow */
 		m[r][7 * TPAGE] ^= 1;
+		/* a whole VM comes and goes under the workers too */
+		struct mv_vm *tmp;
+		vc.name = "passing";
+		assert_int_equal(mv_vm_new(h, &vc, &tmp), 0);
+		assert_int_equal(mv_vm_region_add(tmp, 0, 0, m[r], RP * TPAGE, 0), 0);
+		nanosleep(&ts, NULL);
+		mv_vm_free(tmp);
+		assert_memory_equal(m[r], sh, RP * TPAGE);
 	}
 	assert_int_equal(mv_host_stop(h), 0);
 	assert_memory_equal(m[R - 1], sh, RP * TPAGE);
@@ -182,6 +282,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(no_write_is_lost),
+		cmocka_unit_test(no_write_is_lost_in_cloned_chunks),
 		cmocka_unit_test(regions_come_and_go_under_workers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -182,6 +182,49 @@ static void quiet_chunks_notice_writes(void **state)
 	mv_host_free(h);
 }
 
+/* Cloned guests: one image, each clone with a few pages of its own. */
+static uint64_t image_seed(size_t i)
+{
+	return 800000 + i;
+}
+
+static void clones_map_whole_chunks(void **state)
+{
+	struct mv_host *h = tu_host();
+	enum { N = 4, PAGES = 2048 };
+	struct guest g[N];
+	char name[8];
+	for (int k = 0; k < N; k++) {
+		snprintf(name, sizeof(name), "c%d", k);
+		guest_init(&g[k], h, name, "image", PAGES, image_seed);
+		for (size_t i = (size_t)k * 7; i < PAGES; i += 37) { /* 1 page in 37 differs */
+			tu_fill(g[k].mem + i * TPAGE, 900000 + (uint64_t)k * PAGES + i);
+			memcpy(g[k].shadow + i * TPAGE, g[k].mem + i * TPAGE, TPAGE);
+		}
+	}
+	long maps_before = count_maps();
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	long maps_after = count_maps();
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_true(st.pages_merged > (uint64_t)(N * PAGES * 9 / 10));
+	/* whole chunks: a handful of mappings, not two per differing page */
+	assert_true(st.vmas_used < (uint64_t)(N * PAGES / 512 * 4));
+#ifndef __SANITIZE_THREAD__
+	assert_int_equal(st.vmas_used, maps_after - maps_before);
+#else
+	(void)maps_after, (void)maps_before;
+#endif
+	for (int k = 0; k < N; k++)
+		guest_check(&g[k]);
+	for (size_t i = 1; i < PAGES; i += 101)
+		if (i % 37 != 0 && i % 37 != 7 && i % 37 != 14 && i % 37 != 21)
+			assert_int_equal(pfn_of(&g[0], i), pfn_of(&g[3], i));
+	for (int k = 0; k < N; k++)
+		guest_fini(&g[k]);
+	mv_host_free(h);
+}
+
 static uint64_t same_seed(size_t i)
 {
 	return i % 64 == 0 ? 0 : 7000 + i % 32;
@@ -399,6 +442,7 @@ int main(void)
 		cmocka_unit_test(identical_pages_share_a_frame),
 		cmocka_unit_test(writes_stay_private),
 		cmocka_unit_test(quiet_chunks_notice_writes),
+		cmocka_unit_test(clones_map_whole_chunks),
 		cmocka_unit_test(domains_keep_tenants_apart),
 		cmocka_unit_test(numa_nodes_are_respected),
 		cmocka_unit_test(vma_budget_stops_merging_cleanly),
