@@ -77,10 +77,12 @@ static int publish(struct mv_domain *d, struct mv_node *n, struct mv_node *expec
 		return -EEXIST;
 	if (!cur) {
 		cds_lfht_add(d->index, n->hash, &n->lf);
+		atomic_fetch_add(&d->unstable, !n->stable);
 		return 0;
 	}
 	if (cds_lfht_replace(d->index, &it, n->hash, match, &(struct key){ n->hash, n->nid }, &n->lf))
 		return -EEXIST;
+	atomic_fetch_add(&d->unstable, (int64_t)!n->stable - !cur->stable);
 	call_rcu(&cur->rcu, free_node_rcu);
 	return 0;
 }
@@ -102,6 +104,8 @@ void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
 	if (!stale) {
 		struct key k = { hash, nid };
 		err = cds_lfht_add_unique(d->index, hash, match, &k, &n->lf) == &n->lf ? 0 : -EEXIST;
+		if (!err)
+			atomic_fetch_add(&d->unstable, 1);
 	} else {
 		pthread_mutex_lock(&d->lock);
 		err = publish(d, n, stale);
@@ -112,7 +116,7 @@ void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
 		free(n);
 }
 
-/* Forget every unstable node that points into r (being removed). */
+/* Forget the unstable nodes that point into r, or all of them (r == NULL). */
 void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r)
 {
 	struct cds_lfht_iter it;
@@ -120,8 +124,10 @@ void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r)
 	rcu_read_lock();
 	pthread_mutex_lock(&d->lock);
 	cds_lfht_for_each_entry(d->index, &it, n, lf)
-		if (!n->stable && n->region == r && !cds_lfht_del(d->index, &n->lf))
+		if (!n->stable && (!r || n->region == r) && !cds_lfht_del(d->index, &n->lf)) {
+			atomic_fetch_sub(&d->unstable, 1);
 			call_rcu(&n->rcu, free_node_rcu);
+		}
 	pthread_mutex_unlock(&d->lock);
 	rcu_read_unlock();
 }

@@ -144,6 +144,8 @@ void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
 int mv__region_unmerge(struct mv_host *h, struct mv_region *r);
 void mv__region_forget(struct mv_host *h, struct mv_region *r);
 void mv__region_unprotect(struct mv_host *h, struct mv_region *r);
+#define MV_UNSTABLE_SLACK 4096
+void mv__domains_prune(struct mv_host *h);
 uint64_t mv__hash_page(const struct mv_host *h, const void *page);
 void mv__vma_refresh(struct mv_host *h, bool force);
 

@@ -734,3 +734,41 @@ void mv__region_forget(struct mv_host *h, struct mv_region *r)
 	mv__index_drop_region(r->vm->dom, r);
 	mv__count(r->vm, MV_C_ZERO, -zero);
 }
+
+/* Every page of r is to be looked up again. Any thread (the flags are atomic). */
+static void rescan_region(struct mv_region *r)
+{
+	for (uint64_t i = 0; i < r->npages; i++)
+		atomic_store(&r->pages[i].rescan, 1);
+	for (uint64_t k = 0; k < r->nr_chunks; k++)
+		mv__mark_dirty(r, k);
+}
+
+/*
+ * The unstable part of an index only grows: a page whose content changes leaves its old
+ * node behind until someone else hits that hash. When a domain holds more unstable nodes
+ * than it has pages, drop them all and let every page be looked up again (hashed once
+ * more), as ksmd rebuilds its unstable tree.
+ */
+void mv__domains_prune(struct mv_host *h)
+{
+	pthread_mutex_lock(&h->lock);
+	struct mv_domain *d;
+	cds_list_for_each_entry(d, &h->domains, link) {
+		if (atomic_load(&d->unstable) <= atomic_load(&d->pages) + MV_UNSTABLE_SLACK)
+			continue;
+		mv__index_drop_region(d, NULL);
+		struct mv_vm *vm;
+		cds_list_for_each_entry(vm, &h->vms, link) {
+			if (vm->dom != d)
+				continue;
+			rcu_read_lock();
+			struct mv_region_map *m = rcu_dereference(vm->map);
+			for (unsigned i = 0; m && i < m->n; i++)
+				if (!atomic_load(&m->r[i]->dead))
+					rescan_region(m->r[i]);
+			rcu_read_unlock();
+		}
+	}
+	pthread_mutex_unlock(&h->lock);
+}

@@ -172,6 +172,7 @@ static void host_pass(struct mv_host *h, struct mv_scan_ctx *ctx)
 {
 	struct mv_vm *vm = NULL;
 	mv__vma_refresh(h, false);
+	mv__domains_prune(h);
 	/* hold_next releases the VM held so far under host->lock and takes the next one */
 	while (!mv__vm_hold_next(h, vm, &vm)) {
 		if (atomic_load(&h->stopping)) {

@@ -60,6 +60,8 @@ struct mv_domain {
 	pthread_mutex_t lock;          /* serialises index changes and slot allocation */
 	unsigned nr_stores;
 	struct mv_store **stores;      /* one per NUMA node */
+	_Atomic int64_t unstable;      /* unstable nodes in the index */
+	_Atomic int64_t pages;         /* guest pages of mergeable regions in the domain */
 	struct mv_counters c;
 };
 

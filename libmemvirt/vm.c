@@ -324,8 +324,10 @@ MV_API int mv_vm_region_add(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void 
 		err = map_replace(vm, r, NULL);
 		if (err && r->registered)
 			h->prim->uffd_unregister(h->uffd, r->hva, r->size);
-		else if (!err)
+		else if (!err) {
 			hva_index_publish(h);
+			atomic_fetch_add(&vm->dom->pages, (int64_t)r->npages);
+		}
 	}
 	pthread_mutex_unlock(&h->lock);
 	pthread_mutex_unlock(&vm->lock);
@@ -339,6 +341,7 @@ MV_API int mv_vm_region_add(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void 
 static void region_retire(struct mv_host *h, struct mv_region *r)
 {
 	atomic_store(&r->dead, true);
+	atomic_fetch_sub(&r->vm->dom->pages, (int64_t)r->npages);
 	synchronize_rcu(); /* workers inside r's chunks are done; the others see it gone */
 	int err = mv__region_unmerge(h, r);
 	if (err)

@@ -35,6 +35,15 @@ void mv_vm_free(struct mv_vm *vm);
 #define MV_REGION_NEVER_MERGE (1u << 0) /* pinned or DMA memory: never share its pages */
 
 /*
+ * Pins are invisible from userspace. Memory that a device or the kernel writes without
+ * going through the CPU's page tables after pinning it (VFIO, vhost zero-copy, io_uring
+ * fixed buffers, and O_DIRECT or AIO reads in flight into guest RAM) must be registered
+ * with MV_REGION_NEVER_MERGE: a page merged or released while such a write is pending
+ * would not receive it. VMMs doing direct I/O into guest RAM should flag those regions
+ * or bounce the I/O.
+ */
+
+/*
  * Register guest RAM exactly as a KVM memslot: `slot` identifies it, guest-physical
  * [gpa, gpa+size) is backed by host memory [hva, hva+size). gpa, hva and size must be
  * 4 KiB aligned, size > 0, no overlap with another region of any VM of the host.
@@ -69,7 +78,9 @@ int mv_vm_set_merging(struct mv_vm *vm, bool on);
 /* Shorthand for mv_vm_set_merging(vm, false). */
 int mv_vm_unmerge(struct mv_vm *vm);
 
-/* This VM's counters (pages_shared counts canonical pages its pages created). */
+/* This VM's counters. Canonical pages belong to the domain, not to one VM: here
+ * pages_shared and pages_sharing are 0 (see mv_domain_stats()), and cow_debt_bytes is
+ * what this VM alone would need if it wrote every merged and zero page it has. */
 int mv_vm_stats(struct mv_vm *vm, struct mv_scan_stats *out);
 
 #ifdef __cplusplus

@@ -182,6 +182,29 @@ static void quiet_chunks_notice_writes(void **state)
 	mv_host_free(h);
 }
 
+/* Pages that keep changing content must not leave index entries behind forever. */
+static void changing_pages_do_not_grow_the_index(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct guest g;
+	guest_init(&g, h, "churn", NULL, 512, unique_seed);
+	struct mv_domain *d = g.vm->dom;
+	int64_t most = 0;
+	for (uint64_t round = 1; round <= 24; round++) {
+		for (size_t i = 0; i < g.pages; i++)
+			tu_fill(g.mem + i * TPAGE, round << 32 | i);
+		memcpy(g.shadow, g.mem, g.pages * TPAGE);
+		assert_int_equal(mv_host_scan(h, 2), 0);
+		int64_t u = atomic_load(&d->unstable);
+		most = u > most ? u : most;
+	}
+	assert_true(most <= 512 + MV_UNSTABLE_SLACK + 512);
+	assert_true(atomic_load(&d->unstable) >= 256); /* still indexing the current contents */
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
 /* Cloned guests: one image, each clone with a few pages of its own. */
 static uint64_t image_seed(size_t i)
 {
@@ -443,6 +466,7 @@ int main(void)
 		cmocka_unit_test(writes_stay_private),
 		cmocka_unit_test(quiet_chunks_notice_writes),
 		cmocka_unit_test(clones_map_whole_chunks),
+		cmocka_unit_test(changing_pages_do_not_grow_the_index),
 		cmocka_unit_test(domains_keep_tenants_apart),
 		cmocka_unit_test(numa_nodes_are_respected),
 		cmocka_unit_test(vma_budget_stops_merging_cleanly),
