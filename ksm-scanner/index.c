@@ -24,9 +24,23 @@ static int match(struct cds_lfht_node *ln, const void *k)
 
 int mv__index_new(struct mv_domain *d)
 {
-	d->index = cds_lfht_new_flavor(1 << 16, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
+	d->index = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
 	                               &urcu_bp_flavor, NULL);
 	return d->index ? 0 : -ENOMEM;
+}
+
+/*
+ * The domain grew to `pages` guest pages: size the table for them now. Growing lazily
+ * (by chain length, in liburcu's call_rcu thread) lags far behind a first scan that
+ * inserts hundreds of thousands of pages, and long chains make every lookup slow.
+ * Not under rcu_read_lock.
+ */
+void mv__index_size_for(struct mv_domain *d, int64_t pages)
+{
+	unsigned long want = 1024;
+	while (want < (unsigned long)pages / 4 && want < (1ul << 24))
+		want <<= 1;
+	cds_lfht_resize(d->index, want);
 }
 
 /* Only once no reader or writer can reach the domain. */

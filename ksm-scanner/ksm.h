@@ -57,6 +57,7 @@ struct mv_store {
 	uint64_t *ext_used;        /* bit per extent */
 	struct mv_extent **ext;    /* lazily allocated */
 	uint32_t free_extents;
+	uint32_t open_extent;      /* the last fresh extent: sparse ones take isolated pages */
 };
 
 struct mv_extent {
@@ -125,6 +126,7 @@ static inline struct mv_node *mv__page_node(const struct mv_region *r, const str
 int mv__index_new(struct mv_domain *d);
 void mv__index_free(struct mv_domain *d);
 struct mv_node *mv__index_find(struct mv_domain *d, uint64_t hash, uint32_t nid);
+void mv__index_size_for(struct mv_domain *d, int64_t pages);
 void mv__index_add_unstable(struct mv_domain *d, uint64_t hash, uint32_t nid,
                             struct mv_region *r, uint64_t idx, struct mv_node *stale);
 void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r);

@@ -117,10 +117,16 @@ static int slot_take(struct mv_store *s, uint32_t slot)
 	return 0;
 }
 
+/* An extent this sparse takes canonical pages that start no run: isolated duplicates
+ * share extents (each costs a 4 KiB node table and page tables of the view) instead of
+ * opening one per chunk, while runs (cloned images) still get extents of their own. */
+#define EXTENT_SPARSE 64
+
 /*
  * Pick a slot: `preferred` when it is free (it continues a run, so the mappings of
- * neighbouring guest pages fuse), else the same place in a fresh random extent.
- * preferred = -1 - k: no run to continue, a fresh extent at offset k. Domain lock held.
+ * neighbouring guest pages fuse), else the same offset in the sparse open extent, else
+ * in a fresh random extent. preferred = -1 - k: no run to continue, offset k wanted.
+ * Domain lock held.
  */
 int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot)
 {
@@ -128,16 +134,17 @@ int mv__store_alloc(struct mv_store *s, int64_t preferred, uint32_t *slot)
 		*slot = (uint32_t)preferred;
 		return slot_take(s, *slot);
 	}
-	uint32_t e;
-	int err = extent_open(s, &e);
-	if (err)
-		return err;
-	/* preferred = -1 - k asks for a fresh extent at offset k */
 	uint32_t in = (uint32_t)((preferred >= 0 ? preferred : -1 - preferred) % MV_CHUNK_PAGES);
+	uint32_t e = s->open_extent;
+	if (!e || !ext_in_use(s, e) || s->ext[e]->live >= EXTENT_SPARSE ||
+	    !slot_free(s, (uint64_t)e * MV_CHUNK_PAGES + in)) {
+		int err = extent_open(s, &e);
+		if (err)
+			return err;
+		s->open_extent = e;
+	}
 	*slot = e * MV_CHUNK_PAGES + in;
-	s->ext[e]->bits[in / 64] |= 1ull << (in % 64);
-	s->ext[e]->live++;
-	return 0;
+	return slot_take(s, *slot);
 }
 
 /* Return a slot: its page leaves memory now. Domain lock held, no mapping refers to it. */

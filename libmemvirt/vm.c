@@ -333,6 +333,8 @@ MV_API int mv_vm_region_add(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void 
 	pthread_mutex_unlock(&vm->lock);
 	if (err)
 		region_free(r);
+	else
+		mv__index_size_for(vm->dom, atomic_load(&vm->dom->pages));
 	return err;
 }
 
