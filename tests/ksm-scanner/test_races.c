@@ -24,34 +24,44 @@ static uint8_t templates[TEMPLATES][TPAGE];
 static atomic_bool stop;
 static atomic_long writes;
 
-/* Writer t owns pages i with i % WRITERS == t, so its shadow updates need no lock. Each
- * step makes a page a duplicate (template copy), zero, or unique (one word changed). */
-static void *writer(void *arg)
+static const uint8_t zero_page[TPAGE];
+
+/* What a writer step writes into page i: a page to copy, or NULL for one word changed. */
+typedef const uint8_t *(*content_fn)(size_t i, uint64_t r);
+
+/* Writer t owns pages i with i % WRITERS == t, so its shadow updates need no lock. */
+static void *run_writer(uintptr_t arg, uint64_t seed, content_fn content)
 {
-	uint64_t t = (uintptr_t)arg % WRITERS, rng = 0x1234 + (uintptr_t)arg;
+	uint64_t t = arg % WRITERS, rng = seed + arg;
 	while (!atomic_load(&stop)) {
 		size_t i = (size_t)(tu_rand(&rng) % (PAGES / WRITERS)) * WRITERS + t;
 		uint8_t *p = mem + i * TPAGE, *s = shadow + i * TPAGE;
 		uint64_t r = tu_rand(&rng);
-		switch (r % 4) {
-		case 0:
-		case 1:
-			memcpy(p, templates[r % TEMPLATES], TPAGE);
-			memcpy(s, templates[r % TEMPLATES], TPAGE);
-			break;
-		case 2:
-			memset(p, 0, TPAGE);
-			memset(s, 0, TPAGE);
-			break;
-		default: {
+		const uint8_t *src = content(i, r);
+		if (src) {
+			memcpy(p, src, TPAGE);
+			memcpy(s, src, TPAGE);
+		} else {
 			size_t w = (r >> 8) % (TPAGE / 8);
 			((volatile uint64_t *)p)[w] = r;
 			((uint64_t *)s)[w] = r;
 		}
-		}
 		atomic_fetch_add(&writes, 1);
+		if (!(r & 63))
+			sched_yield();
 	}
 	return NULL;
+}
+
+/* Each step makes a page a duplicate (template copy), zero, or unique. */
+static const uint8_t *template_content(size_t i, uint64_t r)
+{
+	return r % 4 < 2 ? templates[r % TEMPLATES] : r % 4 == 2 ? zero_page : NULL;
+}
+
+static void *writer(void *arg)
+{
+	return run_writer((uintptr_t)arg, 0x1234, template_content);
 }
 
 static size_t mismatches(void)
@@ -127,26 +137,15 @@ static void no_write_is_lost(void **state)
  * it, so B's chunks are merged whole (chunk mode) while writes race the swap. */
 static uint8_t *image;
 
+/* Each step returns a page to the image (a duplicate in place) or makes it unique. */
+static const uint8_t *image_content(size_t i, uint64_t r)
+{
+	return r % 3 ? image + i * TPAGE : NULL;
+}
+
 static void *clone_writer(void *arg)
 {
-	uint64_t t = (uintptr_t)arg % WRITERS, rng = 0x777 + (uintptr_t)arg;
-	while (!atomic_load(&stop)) {
-		size_t i = (size_t)(tu_rand(&rng) % (PAGES / WRITERS)) * WRITERS + t;
-		uint8_t *p = mem + i * TPAGE, *s = shadow + i * TPAGE;
-		uint64_t r = tu_rand(&rng);
-		if (r % 3) {
-			memcpy(p, image + i * TPAGE, TPAGE);
-			memcpy(s, image + i * TPAGE, TPAGE);
-		} else {
-			size_t w = (r >> 8) % (TPAGE / 8);
-			((volatile uint64_t *)p)[w] = r;
-			((uint64_t *)s)[w] = r;
-		}
-		atomic_fetch_add(&writes, 1);
-		if (!(r & 63))
-			sched_yield();
-	}
-	return NULL;
+	return run_writer((uintptr_t)arg, 0x777, image_content);
 }
 
 static void no_write_is_lost_in_cloned_chunks(void **state)
