@@ -63,6 +63,20 @@ bool tu_is_zero_pfn(const void *addr)
 	return pfn == 0 || pfn == zero_pfn;
 }
 
+long tu_vmas_in(const void *addr, size_t len)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	assert_non_null(f);
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len, s, e;
+	char line[512];
+	long n = 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && e > lo && s < hi)
+			n++;
+	fclose(f);
+	return n;
+}
+
 uint64_t tu_rand(uint64_t *s)
 {
 	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);

@@ -17,6 +17,9 @@ uint64_t tu_pfn(const void *addr);
 /* True if the page is mapped to the kernel's shared zero page or not populated. */
 bool tu_is_zero_pfn(const void *addr);
 
+/* Number of mappings (VMAs) overlapping [addr, addr+len), from /proc/self/maps. */
+long tu_vmas_in(const void *addr, size_t len);
+
 /* Fill a page with bytes derived from seed (seed 0 = zero page). */
 void tu_fill(void *page, uint64_t seed);
 
