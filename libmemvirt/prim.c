@@ -6,6 +6,7 @@
 #include <linux/userfaultfd.h>
 #include <numa.h>
 #include <numaif.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -53,35 +54,39 @@ static int unmap(void *addr, size_t len)
 	return neg_errno(munmap(addr, len));
 }
 
+/* This process's pidfd, for process_madvise(); opened once, -1 if unavailable. */
+static int self_pidfd = -1;
+static pthread_once_t self_pidfd_once = PTHREAD_ONCE_INIT;
+
+static void open_self_pidfd(void)
+{
+	self_pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+}
+
+/* One process_madvise() call for up to 1024 ranges; false if it did not do them all. */
+static bool dontneed_vector(const struct iovec *iov, size_t n)
+{
+	size_t want = 0;
+	for (size_t i = 0; i < n; i++)
+		want += iov[i].iov_len;
+	long r = syscall(SYS_process_madvise, self_pidfd, iov, n, MADV_DONTNEED, 0);
+	return r >= 0 && (size_t)r == want;
+}
+
 static int dontneed(const struct iovec *iov, size_t n)
 {
-	static int no_pmadv;
-	if (n > 1 && !no_pmadv) {
-		static int pidfd = -1;
-		if (pidfd < 0)
-			pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-		if (pidfd >= 0) {
-			size_t done = 0;
-			while (done < n) {
-				size_t k = n - done > 1024 ? 1024 : n - done;
-				size_t want = 0;
-				for (size_t i = 0; i < k; i++)
-					want += iov[done + i].iov_len;
-				long r = syscall(SYS_process_madvise, pidfd, iov + done, k, MADV_DONTNEED, 0);
-				if (r < 0 || (size_t)r != want)
-					break;
-				done += k;
-			}
-			if (done == n)
-				return 0;
-			iov += done;
-			n -= done;
+	if (n > 1)
+		pthread_once(&self_pidfd_once, open_self_pidfd);
+	while (n) {
+		size_t k = n > 1024 ? 1024 : n;
+		if (n == 1 || self_pidfd < 0 || !dontneed_vector(iov, k)) {
+			for (size_t i = 0; i < k; i++) /* (again for what a partial vector did) */
+				if (madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED))
+					return -errno;
 		}
-		no_pmadv = 1;
+		iov += k;
+		n -= k;
 	}
-	for (size_t i = 0; i < n; i++)
-		if (madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED))
-			return -errno;
 	return 0;
 }
 

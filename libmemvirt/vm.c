@@ -121,20 +121,34 @@ void mv__vm_release(struct mv_vm *vm)
 
 /* ---- the memory map ---- */
 
-struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa)
+/* Binary search of a map sorted by guest-physical (by_hva false) or host address. */
+static struct mv_region *region_search(struct mv_region_map *map, uint64_t addr, bool by_hva)
 {
 	unsigned lo = 0, hi = map ? map->n : 0;
 	while (lo < hi) {
 		unsigned mid = (lo + hi) / 2;
 		struct mv_region *r = map->r[mid];
-		if (gpa < r->gpa)
+		uint64_t start = by_hva ? (uintptr_t)r->hva : r->gpa;
+		if (addr < start)
 			hi = mid;
-		else if (gpa - r->gpa >= r->size)
+		else if (addr - start >= r->size)
 			lo = mid + 1;
 		else
 			return r;
 	}
 	return NULL;
+}
+
+static void hva_index_publish(struct mv_host *h);
+
+struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa)
+{
+	return region_search(map, gpa, false);
+}
+
+struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva)
+{
+	return region_search(map, hva, true);
 }
 
 MV_API void *mv_vm_gpa_to_hva(struct mv_vm *vm, uint64_t gpa, uint64_t len)
@@ -266,20 +280,12 @@ static void hva_index_publish(struct mv_host *h)
 	free(old);
 }
 
-struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva)
+/* hva_index_publish() for callers that do not hold host->lock. */
+static void hva_index_update(struct mv_host *h)
 {
-	unsigned lo = 0, hi = map ? map->n : 0;
-	while (lo < hi) {
-		unsigned mid = (lo + hi) / 2;
-		struct mv_region *r = map->r[mid];
-		if (hva < (uintptr_t)r->hva)
-			hi = mid;
-		else if (hva - (uintptr_t)r->hva >= r->size)
-			lo = mid + 1;
-		else
-			return r;
-	}
-	return NULL;
+	pthread_mutex_lock(&h->lock);
+	hva_index_publish(h);
+	pthread_mutex_unlock(&h->lock);
 }
 
 /* Decide whether the region can share pages, and register it for write tracking. */
@@ -368,9 +374,7 @@ MV_API int mv_vm_region_remove(struct mv_vm *vm, uint32_t slot)
 			r = vm->map->r[i];
 	int err = r ? map_replace(vm, NULL, r) : -ENOENT;
 	if (!err) {
-		pthread_mutex_lock(&vm->host->lock);
-		hva_index_publish(vm->host);
-		pthread_mutex_unlock(&vm->host->lock);
+		hva_index_update(vm->host);
 		region_retire(vm->host, r);
 	}
 	pthread_mutex_unlock(&vm->lock);
@@ -382,9 +386,7 @@ void mv__vm_remove_all(struct mv_vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	struct mv_region_map *m = vm->map;
 	rcu_assign_pointer(vm->map, NULL);
-	pthread_mutex_lock(&vm->host->lock);
-	hva_index_publish(vm->host);
-	pthread_mutex_unlock(&vm->host->lock);
+	hva_index_update(vm->host);
 	synchronize_rcu();
 	for (unsigned i = 0; m && i < m->n; i++)
 		region_retire(vm->host, m->r[i]);

@@ -64,6 +64,24 @@ static void *writer(void *arg)
 	return run_writer((uintptr_t)arg, 0x1234, template_content);
 }
 
+/* One round: a quiet pass, then writers race the passes that follow until they have
+ * written a little (they dirty chunks the scanner then merges), then stop. */
+static void race_round(struct mv_host *h, void *(*fn)(void *), int round)
+{
+	pthread_t w[WRITERS];
+	assert_int_equal(mv_host_scan(h, 1), 0);
+	atomic_store(&stop, false);
+	long w0 = atomic_load(&writes);
+	for (uintptr_t t = 0; t < WRITERS; t++)
+		pthread_create(&w[t], NULL, fn, (void *)(t + (uintptr_t)round * WRITERS));
+	do
+		assert_int_equal(mv_host_scan(h, 1), 0);
+	while (atomic_load(&writes) - w0 < 64);
+	atomic_store(&stop, true);
+	for (int t = 0; t < WRITERS; t++)
+		pthread_join(w[t], NULL);
+}
+
 static size_t mismatches(void)
 {
 	size_t bad = 0;
@@ -97,18 +115,7 @@ static void no_write_is_lost(void **state)
 	size_t bad = 0;
 	/* at least 60 rounds, and until a merged page was written (slow builds: ASan) */
 	for (int round = 0; !bad && (round < 60 || (!cow_seen && round < 600)); round++) {
-		pthread_t w[WRITERS];
-		assert_int_equal(mv_host_scan(h, 1), 0);
-		atomic_store(&stop, false);
-		long w0 = atomic_load(&writes);
-		for (uintptr_t t = 0; t < WRITERS; t++)
-			pthread_create(&w[t], NULL, writer, (void *)(t + (uintptr_t)round * WRITERS));
-		do /* scan while the writers write: they dirty chunks the scanner then merges */
-			assert_int_equal(mv_host_scan(h, 1), 0);
-		while (atomic_load(&writes) - w0 < 64);
-		atomic_store(&stop, true);
-		for (int t = 0; t < WRITERS; t++)
-			pthread_join(w[t], NULL);
+		race_round(h, writer, round);
 		bad = mismatches();
 		struct mv_scan_stats st;
 		mv_host_stats(h, &st);
@@ -175,18 +182,7 @@ static void no_write_is_lost_in_cloned_chunks(void **state)
 	size_t bad = 0;
 	uint64_t merged_seen = 0;
 	for (int round = 0; round < 60 && !bad; round++) {
-		pthread_t w[WRITERS];
-		assert_int_equal(mv_host_scan(h, 1), 0);
-		atomic_store(&stop, false);
-		long w0 = atomic_load(&writes);
-		for (uintptr_t t = 0; t < WRITERS; t++)
-			pthread_create(&w[t], NULL, clone_writer, (void *)(t + (uintptr_t)round * WRITERS));
-		do
-			assert_int_equal(mv_host_scan(h, 1), 0);
-		while (atomic_load(&writes) - w0 < 64);
-		atomic_store(&stop, true);
-		for (int t = 0; t < WRITERS; t++)
-			pthread_join(w[t], NULL);
+		race_round(h, clone_writer, round);
 		bad = mismatches() + (memcmp(image, image_copy, PAGES * TPAGE) != 0);
 		struct mv_scan_stats st;
 		mv_vm_stats(vb, &st);
