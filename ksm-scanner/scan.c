@@ -38,7 +38,6 @@
 #include "chunk.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
