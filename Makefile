@@ -20,7 +20,7 @@ ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
-BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner $(WARN)
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Iballoon-driver $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
 LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -pthread
 SAN      ?=
@@ -43,14 +43,21 @@ endif
 
 LIB_SRC   := $(wildcard libmemvirt/*.c ksm-scanner/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(B)/obj/%.o)
+# The guest driver: freestanding core, plus the hosted port (a simulated guest in-process).
+DRV_SRC   := $(wildcard balloon-driver/*.c)
+DRV_OBJ   := $(DRV_SRC:%.c=$(B)/obj/%.o)
+HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c)
+GUEST_OBJ := $(DRV_OBJ) $(HOSTED_SRC:%.c=$(B)/obj/%.o)
+FREESTANDING := -std=gnu11 -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
+            -fno-stack-protector -fPIC $(WARN)
 TOOL_SRC  := $(wildcard tools/*.c bench/*.c)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 TEST_HELP := $(wildcard tests/common/*.c)
 
-.PHONY: all deps test run install uninstall clean help asan tsan check-exports headers
-all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt.pc $(B)/memvirt
+.PHONY: all deps test run install uninstall clean help asan tsan check-exports headers check-freestanding
+all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/libmvguest.a $(B)/memvirt.pc $(B)/memvirt
 
 help:
 	@echo "make            build library (.so, .a), memvirt.pc and the memvirt CLI into build/"
@@ -75,6 +82,16 @@ $(B)/obj/%.o: %.c
 	@echo "  CC    $<"
 	$(Q)$(CC) $(LIBFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# No libc in the guest driver's core: only the compiler's own headers.
+$(DRV_OBJ): $(B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (freestanding)"
+	$(Q)$(CC) $(FREESTANDING) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/libmvguest.a: $(GUEST_OBJ)
+	@echo "  AR    $@"
+	$(Q)rm -f $@ && ar rcs $@ $(GUEST_OBJ)
+
 $(B)/libmemvirt.so: $(LIB_OBJ)
 	@echo "  LD    $@"
 	$(Q)$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@.$(VERSION) $(LIB_OBJ) $(LDLIBS_LIB)
@@ -90,18 +107,23 @@ $(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
 	$(Q)mkdir -p $(B) && sed -e 's|@PREFIX@|$(PREFIX)|;s|@LIBDIR@|$(LIBDIR)|;s|@INCDIR@|$(INCDIR)|;s|@VERSION@|$(VERSION)|' $< > $@
 
 # The CLI links the static library: bench code uses internal symbols for its figures.
-$(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a
+$(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmemvirt.a $(LDLIBS_LIB) -ljson-c -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -ljson-c -lm
 
-$(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a
+$(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a $(B)/libmvguest.a
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	$(Q)$(CC) $(BASEFLAGS) -Itests/common $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
+	$(Q)$(CC) $(BASEFLAGS) -Itests/common $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
 
 check-exports: $(B)/libmemvirt.so
 	@bad=$$(nm -D --defined-only $(B)/libmemvirt.so | awk '$$2 ~ /[TDBRW]/ {print $$3}' | grep -v '^mv_' | grep -vE '^(_init|_fini|_edata|_end|__bss_start)$$'); \
 	if [ -n "$$bad" ]; then echo "exported names without mv_ prefix: $$bad"; exit 1; fi; echo "  OK    exports are mv_ only"
+
+# The driver core may only need what a compiler may emit calls to on its own.
+check-freestanding: $(DRV_OBJ)
+	@bad=$$(nm -u $(DRV_OBJ) | awk 'NF == 2 {print $$2}' | sort -u | grep -vE '^(memcpy|memset|memmove|memcmp)$$'); \
+	if [ -n "$$bad" ]; then echo "balloon-driver core needs libc symbols: $$bad"; exit 1; fi; echo "  OK    balloon-driver core is freestanding"
 
 headers:
 	@for h in include/memvirt/*.h; do \
@@ -111,7 +133,7 @@ headers:
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
-	$(Q)$(MAKE) --no-print-directory check-exports headers
+	$(Q)$(MAKE) --no-print-directory check-exports check-freestanding headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
 
 run: deps

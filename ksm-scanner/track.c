@@ -34,7 +34,7 @@ void mv__gate_leave(struct mv_host *h, unsigned worker)
 
 static bool gate_closed(const struct mv_batch_gate *g, uintptr_t addr)
 {
-	for (unsigned w = 0; w <= MV_MAX_WORKERS; w++)
+	for (unsigned w = 0; w <= MV_GATE_DEVICE; w++)
 		if (addr >= g->lo[w] && addr < g->hi[w])
 			return true;
 	return false;

@@ -118,6 +118,7 @@ MV_API int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out)
 	pthread_mutex_init(&h->ctl_lock, NULL);
 	pthread_cond_init(&h->idle, NULL);
 	pthread_mutex_init(&h->gate.lock, NULL);
+	pthread_mutex_init(&h->device_gate_lock, NULL);
 	pthread_cond_init(&h->gate.done, NULL);
 	err = mv__random(h->secret, sizeof(h->secret));
 	if (err)
@@ -274,7 +275,7 @@ MV_API int mv_host_scan(struct mv_host *h, unsigned passes)
 		pthread_mutex_unlock(&h->ctl_lock);
 		return -EBUSY;
 	}
-	struct mv_scan_ctx ctx = { .h = h, .worker = MV_MAX_WORKERS };
+	struct mv_scan_ctx ctx = { .h = h, .worker = MV_GATE_SYNC };
 	for (unsigned i = 0; i < passes; i++)
 		host_pass(h, &ctx);
 	pthread_mutex_unlock(&h->ctl_lock);

@@ -33,6 +33,10 @@ struct mv_region {
 	struct mv_vm *vm;
 	bool mergeable;          /* private anonymous and not MV_REGION_NEVER_MERGE */
 	bool registered;         /* with the host's userfaultfd */
+	bool shared;             /* MAP_SHARED (e.g. a memfd for vhost-user): released with
+	                            MADV_REMOVE, since MADV_DONTNEED would keep the pages */
+	pthread_mutex_t lock;    /* one of: a worker visiting a chunk, a release, a hint
+	                            completion (guards the page states and mappings) */
 	_Atomic bool dead;       /* being removed: readers must not touch hva */
 	struct mv_page *pages;   /* npages entries */
 	uintptr_t chunk0;        /* hva >> 21 of the first page: chunks are 2 MiB of hva */
@@ -41,6 +45,10 @@ struct mv_region {
 	                            the chunk's last visit; set by the fault handler */
 	uint8_t *quiet;          /* per chunk: fully protected, nothing pending: skip unless dirty */
 	_Atomic long vmas;       /* mappings added by merging in this region */
+	/* Bit per page, owned by the VM's balloon device: */
+	_Atomic uint64_t *ballooned; /* in the balloon (set by inflate, cleared by deflate) */
+	_Atomic uint64_t *hinted;    /* hinted free and unwritten since: the fault handler
+	                                clears the bit before it lets a writer go */
 	struct rcu_head rcu;
 };
 
@@ -81,10 +89,12 @@ struct mv_vm {
 /* The write-protect exclusion: the fault handler never unprotects a page inside a chunk
  * that a worker is comparing and replacing. */
 #define MV_MAX_WORKERS 16
+#define MV_GATE_SYNC   MV_MAX_WORKERS       /* mv_host_scan() */
+#define MV_GATE_DEVICE (MV_MAX_WORKERS + 1) /* hint completions, under device_gate_lock */
 struct mv_batch_gate {
 	pthread_mutex_t lock;
 	pthread_cond_t done;
-	uintptr_t lo[MV_MAX_WORKERS + 1], hi[MV_MAX_WORKERS + 1]; /* active ranges, 0 = none */
+	uintptr_t lo[MV_MAX_WORKERS + 2], hi[MV_MAX_WORKERS + 2]; /* active ranges, 0 = none */
 };
 
 struct mv_host {
@@ -104,6 +114,7 @@ struct mv_host {
 	pthread_cond_t idle;           /* a VM stopped being busy */
 	struct cds_list_head vms, domains;
 	struct mv_batch_gate gate;
+	pthread_mutex_t device_gate_lock; /* one user of gate slot MV_GATE_DEVICE at a time */
 	pthread_t fault_thread;
 	bool fault_thread_up;
 	pthread_t workers[MV_MAX_WORKERS];
@@ -133,6 +144,41 @@ void mv__vm_remove_all(struct mv_vm *vm);
 /* domain.c */
 int mv__domain_get(struct mv_host *h, const char *name, struct mv_domain **out);
 void mv__domain_put(struct mv_domain *d);
+
+/*
+ * Giving guest pages back to the host, for the balloon device: ksm-scanner/release.c.
+ * Ranges are page indexes of one region [first, first + n). The caller keeps the region
+ * alive (rcu_read_lock, or the VM's region lock) and has checked the ranges.
+ */
+struct mv_prange { uint64_t first, n; };
+/* Release the pages: they read as zero afterwards. Anonymous pages go with one
+ * MADV_DONTNEED vector per batch, pages of a MAP_SHARED region with MADV_REMOVE, and
+ * pages the scanner mapped onto a page store get anonymous memory mapped over them
+ * (dropping their share). Takes r->lock. 0 or the first -errno (the rest is still tried). */
+int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_prange *ranges,
+                       size_t n);
+/* Free page hinting. arm: set the hinted bits and write-protect the pages; -ENOTSUP
+ * (nothing armed) when the region's writes cannot be tracked. complete: release the
+ * pages of the range still hinted, still write-protected and not backed by a page
+ * store, with the fault handler holding writers of the range meanwhile; clear the bits.
+ * *released counts the pages released. */
+int mv__region_hint_arm(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n);
+int mv__region_hint_complete(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n,
+                             uint64_t *released);
+
+static inline bool mv__bit_test(_Atomic uint64_t *map, uint64_t i)
+{
+	return atomic_load_explicit(&map[i / 64], memory_order_relaxed) & (1ull << (i % 64));
+}
+/* Set / clear bit i; returns its previous value. */
+static inline bool mv__bit_set(_Atomic uint64_t *map, uint64_t i)
+{
+	return atomic_fetch_or(&map[i / 64], 1ull << (i % 64)) & (1ull << (i % 64));
+}
+static inline bool mv__bit_clear(_Atomic uint64_t *map, uint64_t i)
+{
+	return atomic_fetch_and(&map[i / 64], ~(1ull << (i % 64))) & (1ull << (i % 64));
+}
 
 /* The per-host fault handler and the batch gate: ksm-scanner/track.c */
 int mv__track_start(struct mv_host *h);

@@ -37,6 +37,10 @@ struct mv_prim {
 	int (*unmap)(void *addr, size_t len);
 	/* madvise(MADV_DONTNEED) on n ranges (process_madvise when n > 1 and available). */
 	int (*dontneed)(const struct iovec *iov, size_t n);
+	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED): fresh zero pages. */
+	int (*map_anon_fixed)(void *addr, size_t len);
+	/* madvise(MADV_REMOVE): free the backing of a shared mapping (punch the file). */
+	int (*remove)(void *addr, size_t len);
 	/* madvise(MADV_POPULATE_WRITE): break copy-on-write without changing the bytes. */
 	int (*populate_write)(void *addr, size_t len);
 	/* userfaultfd write-protect (wp = 1) or unprotect and wake (wp = 0). */
