@@ -135,6 +135,10 @@ int mv__index_promote(struct mv_domain *d, struct mv_node *old, uint64_t hash, u
 bool mv__node_get(struct mv_node *n);
 void mv__node_put(struct mv_domain *d, struct mv_node *n, int32_t refs);
 
+/* merge.c: the VMA estimate. Mappings added if pages [a, b) of r took mapping `key`. */
+long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t key);
+void mv__vmas_account(struct mv_region *r, long delta);
+
 /* scan.c */
 struct mv_scan_ctx {
 	struct mv_host *h;

@@ -31,7 +31,7 @@ void mv__release_zero(struct chunk *c)
 
 /* Mappings added when pages [a, b) of the region take mapping `key`: boundaries between
  * neighbours with different keys, after minus before. */
-static long vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t key)
+long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t key)
 {
 	long d = 0;
 	uint64_t lo = a > 0 ? a - 1 : a, hi = b < r->npages ? b + 1 : b;
@@ -57,11 +57,11 @@ static bool vma_charge(struct mv_host *h, long delta)
 }
 
 /* Mappings charged to the host (vma_charge) are also counted for the region, VM, domain. */
-static void account_vmas(struct chunk *c, long delta)
+void mv__vmas_account(struct mv_region *r, long delta)
 {
-	atomic_fetch_add(&c->r->vmas, delta);
-	atomic_fetch_add(&c->r->vm->c.v[MV_C_VMAS], delta);
-	atomic_fetch_add(&c->d->c.v[MV_C_VMAS], delta);
+	atomic_fetch_add(&r->vmas, delta);
+	atomic_fetch_add(&r->vm->c.v[MV_C_VMAS], delta);
+	atomic_fetch_add(&r->vm->dom->c.v[MV_C_VMAS], delta);
 }
 
 /* Step 4b: map one run [a, b) of pages whose targets are consecutive slots of a store. */
@@ -71,7 +71,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	struct mv_store *s = c->d->stores[c->tgt[a]->nid];
 	uintptr_t addr = (uintptr_t)page_addr(c, a);
 	int64_t key = mv__vkey(s, c->tgt[a]->slot, addr);
-	long delta = vma_delta(c->r, c->first + a, c->first + b, key);
+	long delta = mv__vma_delta(c->r, c->first + a, c->first + b, key);
 	int err = -ENOSPC;
 
 	if (vma_charge(h, delta)) {
@@ -80,7 +80,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 		if (err)
 			atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
 		else
-			account_vmas(c, delta);
+			mv__vmas_account(c->r, delta);
 	}
 	for (unsigned i = a; i < b; i++) {
 		struct mv_page *p = page_of(c, i);
@@ -184,7 +184,7 @@ static bool map_chunk(struct chunk *c)
 	if (slot0 <= 0 || slot0 + c->n > (int64_t)s->nr_extents * (int64_t)MV_CHUNK_PAGES ||
 	    !chunk_fits(c, slot0, &back) || !chunk_stable(c))
 		return false;
-	long delta = vma_delta(c->r, c->first, c->first + c->n, key);
+	long delta = mv__vma_delta(c->r, c->first, c->first + c->n, key);
 	if (!vma_charge(h, delta))
 		return false;
 	uint8_t *aside;
@@ -199,7 +199,7 @@ static bool map_chunk(struct chunk *c)
 		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
 		return false;
 	}
-	account_vmas(c, delta);
+	mv__vmas_account(c->r, delta);
 	pthread_mutex_lock(&c->d->lock);
 	for (unsigned i = 0; i < c->n; i++) {
 		struct mv_page *p = page_of(c, i);

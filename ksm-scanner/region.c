@@ -13,6 +13,7 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 {
 	int err = 0;
 	uint64_t i = 0, merged = 0;
+	pthread_mutex_lock(&r->lock);
 	while (i < r->npages) {
 		if (r->pages[i].state != PS_MERGED) {
 			i++;
@@ -39,6 +40,7 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 	}
 	mv__count(r->vm, MV_C_MERGED, -(int64_t)merged);
 	memset(r->quiet, 0, r->nr_chunks);
+	pthread_mutex_unlock(&r->lock);
 	return err;
 }
 
@@ -48,6 +50,10 @@ void mv__region_unprotect(struct mv_host *h, struct mv_region *r)
 {
 	if (!r->registered)
 		return;
+	pthread_mutex_lock(&r->lock);
+	/* writes stop faulting: a hinted page can no longer be known unwritten */
+	for (uint64_t w = 0; w < (r->npages + 63) / 64; w++)
+		atomic_store(&r->hinted[w], 0);
 	h->prim->uffd_unregister(h->uffd, r->hva, r->size);
 	if (h->prim->uffd_register_wp(h->uffd, r->hva, r->size)) {
 		r->registered = r->mergeable = false;
@@ -58,6 +64,7 @@ void mv__region_unprotect(struct mv_host *h, struct mv_region *r)
 		if (r->pages[i].state == PS_CLEAN)
 			r->pages[i].state = PS_NEW;
 	memset(r->quiet, 0, r->nr_chunks);
+	pthread_mutex_unlock(&r->lock);
 }
 
 /* Drop the region's unstable index nodes; its pages can no longer be found. */

@@ -316,11 +316,13 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 	                                   .n = n, .last_merge = -1 };
 	uint8_t *hva = r->hva + first * MV_PAGE_SIZE;
 
+	pthread_mutex_lock(&r->lock);
 	mv__gate_enter(h, ctx->worker, hva, n * MV_PAGE_SIZE);
 	uint64_t id = mv__chunk_of(r, hva);
 	bool dirty = mv__take_dirty(r, id);
 	if (r->quiet[id] && !dirty && !atomic_load(&h->marks_lost)) {
 		mv__gate_leave(h, ctx->worker);
+		pthread_mutex_unlock(&r->lock);
 		return; /* nothing written since the last visit: the fault handler would know */
 	}
 	r->quiet[id] = 0;
@@ -341,6 +343,7 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 		h->prim->uffd_wake(h->uffd, hva, n * MV_PAGE_SIZE);
 	}
 	mv__gate_leave(h, ctx->worker);
+	pthread_mutex_unlock(&r->lock);
 	flush_counters(c);
 }
 

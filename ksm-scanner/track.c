@@ -53,8 +53,10 @@ static void release_writer(struct mv_host *h, uintptr_t addr)
 	 * the next visit sees the mark. */
 	rcu_read_lock();
 	struct mv_region *r = mv__region_of_hva(rcu_dereference(h->by_hva), addr);
-	if (r)
+	if (r) {
 		mv__mark_dirty(r, mv__chunk_of(r, page));
+		mv__bit_clear(r->hinted, (uint64_t)((uint8_t *)page - r->hva) >> MV_PAGE_SHIFT);
+	}
 	rcu_read_unlock();
 	if (h->prim->uffd_wp(h->uffd, page, MV_PAGE_SIZE, 0))
 		h->prim->uffd_wake(h->uffd, page, MV_PAGE_SIZE);

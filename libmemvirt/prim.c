@@ -90,6 +90,17 @@ static int dontneed(const struct iovec *iov, size_t n)
 	return 0;
 }
 
+static int map_anon_fixed(void *addr, size_t len)
+{
+	void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	return p == MAP_FAILED ? -errno : 0;
+}
+
+static int remove_range(void *addr, size_t len)
+{
+	return neg_errno(madvise(addr, len, MADV_REMOVE));
+}
+
 static int populate_write(void *addr, size_t len)
 {
 	return neg_errno(madvise(addr, len, MADV_POPULATE_WRITE));
@@ -163,6 +174,8 @@ const struct mv_prim mv__prim_linux = {
 	.move_fixed = move_fixed,
 	.unmap = unmap,
 	.dontneed = dontneed,
+	.map_anon_fixed = map_anon_fixed,
+	.remove = remove_range,
 	.populate_write = populate_write,
 	.uffd_wp = uffd_wp,
 	.uffd_wake = uffd_wake,

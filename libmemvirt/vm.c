@@ -216,7 +216,10 @@ static void region_free(struct mv_region *r)
 {
 	free(r->pages);
 	free((void *)r->dirty);
+	free((void *)r->ballooned);
+	free((void *)r->hinted);
 	free(r->quiet);
+	pthread_mutex_destroy(&r->lock);
 	free(r);
 }
 
@@ -233,7 +236,10 @@ static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gp
 	r->pages = calloc(r->npages, sizeof(*r->pages));
 	r->dirty = calloc((r->nr_chunks + 63) / 64, sizeof(*r->dirty));
 	r->quiet = calloc(r->nr_chunks, 1);
-	if (!r->pages || !r->dirty || !r->quiet) {
+	r->ballooned = calloc((r->npages + 63) / 64, sizeof(*r->ballooned));
+	r->hinted = calloc((r->npages + 63) / 64, sizeof(*r->hinted));
+	pthread_mutex_init(&r->lock, NULL);
+	if (!r->pages || !r->dirty || !r->quiet || !r->ballooned || !r->hinted) {
 		region_free(r);
 		return NULL;
 	}
@@ -291,9 +297,10 @@ static void hva_index_update(struct mv_host *h)
 /* Decide whether the region can share pages, and register it for write tracking. */
 static void region_arm(struct mv_host *h, struct mv_region *r)
 {
+	int priv = mv__vma_is_private(r->hva, r->size);
+	r->shared = priv == 0;
 	if (r->flags & MV_REGION_NEVER_MERGE)
 		return;
-	int priv = mv__vma_is_private(r->hva, r->size);
 	if (priv != 1) {
 		mv__log(h, MV_LOG_WARN, "vm %s slot %u: guest RAM is %s; its pages will not be merged "
 		        "(only private anonymous memory can be shared copy-on-write)", r->vm->name,
