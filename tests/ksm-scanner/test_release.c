@@ -1,0 +1,212 @@
+/* test_release.c - giving guest pages back (the balloon's path through the scanner):
+ * anonymous and merged pages read as zero and free their frames, shares are dropped,
+ * hinted pages are released only when unwritten, and racing writes survive. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <memvirt/memvirt.h>
+#include "ksm.h"
+#include "testutil.h"
+
+#define PAGES 2048 /* 8 MiB: four chunks */
+
+struct fixture {
+	struct mv_host *h;
+	struct mv_vm *vm;
+	uint8_t *mem;
+	struct mv_region *r;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	f->h = tu_host();
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.name = "rel";
+	assert_int_equal(mv_vm_new(f->h, &vc, &f->vm), 0);
+	f->mem = tu_guest_alloc(PAGES);
+	/* pairs of equal pages: page 2k and 2k+1 hold seed k+1 */
+	for (size_t i = 0; i < PAGES; i++)
+		tu_fill(f->mem + i * TPAGE, i / 2 + 1);
+	assert_int_equal(mv_vm_region_add(f->vm, 0, 0, f->mem, PAGES * TPAGE, 0), 0);
+	f->r = rcu_dereference(f->vm->map)->r[0]; /* stable: nobody changes the map here */
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	mv_vm_free(f->vm);
+	mv_host_free(f->h);
+	tu_guest_free(f->mem, PAGES);
+	free(f);
+	return 0;
+}
+
+static bool page_is_zero(const uint8_t *p)
+{
+	for (size_t i = 0; i < TPAGE; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+static void anonymous_pages_are_freed(void **state)
+{
+	struct fixture *f = *state;
+	struct mv_prange rg[2] = { { 10, 5 }, { 600, 300 } };
+	assert_int_equal(mv__region_discard(f->h, f->r, rg, 2), 0);
+	for (size_t i = 0; i < PAGES; i++) {
+		bool gone = (i >= 10 && i < 15) || (i >= 600 && i < 900);
+		if (gone) {
+			assert_int_equal(tu_pfn(f->mem + i * TPAGE), 0); /* frame given back */
+			assert_true(page_is_zero(f->mem + i * TPAGE));
+		} else {
+			assert_false(page_is_zero(f->mem + i * TPAGE));
+		}
+	}
+}
+
+static void merged_pages_drop_their_share(void **state)
+{
+	struct fixture *f = *state;
+	if (!tu_pfn(f->mem))
+		TU_SKIP("pagemap PFNs need root");
+	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(tu_pfn(f->mem + 100 * TPAGE), tu_pfn(f->mem + 101 * TPAGE));
+	assert_int_not_equal(f->r->pages[100].slot, MV_SLOT_ANON);
+	struct mv_scan_stats before, after;
+	mv_vm_stats(f->vm, &before);
+
+	uint8_t twin[TPAGE];
+	memcpy(twin, f->mem + 101 * TPAGE, TPAGE);
+	struct mv_prange rg = { 100, 1 };
+	assert_int_equal(mv__region_discard(f->h, f->r, &rg, 1), 0);
+	assert_true(page_is_zero(f->mem + 100 * TPAGE));     /* not the store's copy */
+	assert_int_equal(f->r->pages[100].slot, MV_SLOT_ANON);
+	assert_memory_equal(f->mem + 101 * TPAGE, twin, TPAGE); /* the twin is untouched */
+	mv_vm_stats(f->vm, &after);
+	assert_int_equal(after.pages_merged, before.pages_merged - 1);
+
+	/* the released page is the guest's again: a write is private and is kept */
+	f->mem[100 * TPAGE + 5] = 0x77;
+	assert_int_not_equal(tu_pfn(f->mem + 100 * TPAGE), tu_pfn(f->mem + 101 * TPAGE));
+	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(f->mem[100 * TPAGE + 5], 0x77);
+	assert_memory_equal(f->mem + 101 * TPAGE, twin, TPAGE);
+}
+
+static void hinted_pages_go_only_if_unwritten(void **state)
+{
+	struct fixture *f = *state;
+	int err = mv__region_hint_arm(f->h, f->r, 512, 512);
+	if (err == -ENOTSUP)
+		TU_SKIP("guest RAM writes cannot be tracked here");
+	assert_int_equal(err, 0);
+	f->mem[700 * TPAGE + 1] = 0x42; /* reused by the guest after the hint */
+	uint64_t released = 0;
+	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
+	assert_int_equal(released, 511);
+	assert_int_equal(f->mem[700 * TPAGE + 1], 0x42);
+	assert_false(page_is_zero(f->mem + 700 * TPAGE));
+	assert_true(page_is_zero(f->mem + 701 * TPAGE));
+	assert_true(tu_is_zero_pfn(f->mem + 701 * TPAGE));
+	assert_false(page_is_zero(f->mem + 1100 * TPAGE)); /* outside the hint */
+}
+
+/* A guest that reuses hinted pages while the hint completes: every write made after the
+ * hint was armed must be there afterwards. */
+struct writer {
+	uint8_t *mem;
+	uint64_t first, n;
+	atomic_bool stop;
+	uint32_t last[PAGES]; /* value last written to each page, 0 = none */
+	uint64_t seed;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	for (uint32_t v = 1; !atomic_load(&w->stop); v++) {
+		uint64_t k = w->first + tu_rand(&w->seed) % w->n;
+		memcpy(w->mem + k * TPAGE + 64, &v, sizeof(v));
+		w->last[k] = v;
+	}
+	return NULL;
+}
+
+static void hint_races_with_writers(void **state)
+{
+	struct fixture *f = *state;
+	struct writer *w = calloc(1, sizeof(*w));
+	*w = (struct writer){ .mem = f->mem, .first = 0, .n = 1024, .seed = 7 };
+	for (int round = 0; round < 60; round++) {
+		if (mv__region_hint_arm(f->h, f->r, w->first, w->n) == -ENOTSUP)
+			TU_SKIP("guest RAM writes cannot be tracked here");
+		memset(w->last, 0, sizeof(w->last));
+		atomic_store(&w->stop, false);
+		pthread_t t;
+		pthread_create(&t, NULL, writer_main, w);
+		uint64_t released;
+		assert_int_equal(mv__region_hint_complete(f->h, f->r, w->first, w->n, &released), 0);
+		atomic_store(&w->stop, true);
+		pthread_join(t, NULL);
+		for (uint64_t k = w->first; k < w->first + w->n; k++) {
+			uint32_t v;
+			memcpy(&v, f->mem + k * TPAGE + 64, sizeof(v));
+			if (w->last[k] && v != w->last[k]) {
+				fprintf(stderr, "round %d page %lu: wrote %u, reads %u\n", round,
+				        (unsigned long)k, w->last[k], v);
+				fail();
+			}
+		}
+	}
+	free(w);
+}
+
+static int fail_dontneed(const struct iovec *iov, size_t n) { return -EAGAIN; }
+static int fail_map_anon(void *addr, size_t len) { return -ENOMEM; }
+
+/* The OS refuses: the caller hears it, no page changes, no share is dropped. */
+static void failed_release_changes_nothing(void **state)
+{
+	struct fixture *f = *state;
+	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	struct mv_prim broken = mv__prim_linux;
+	broken.dontneed = fail_dontneed;
+	broken.map_anon_fixed = fail_map_anon;
+	f->h->prim = &broken;
+	uint8_t *copy = malloc(PAGES * TPAGE);
+	memcpy(copy, f->mem, PAGES * TPAGE);
+	struct mv_scan_stats before, after;
+	mv_vm_stats(f->vm, &before);
+	struct mv_prange rg = { 0, PAGES };
+	int err = mv__region_discard(f->h, f->r, &rg, 1);
+	f->h->prim = &mv__prim_linux;
+	assert_true(err == -EAGAIN || err == -ENOMEM);
+	assert_memory_equal(f->mem, copy, PAGES * TPAGE);
+	mv_vm_stats(f->vm, &after);
+	assert_int_equal(after.pages_merged, before.pages_merged);
+	free(copy);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(anonymous_pages_are_freed, setup, teardown),
+		cmocka_unit_test_setup_teardown(merged_pages_drop_their_share, setup, teardown),
+		cmocka_unit_test_setup_teardown(hinted_pages_go_only_if_unwritten, setup, teardown),
+		cmocka_unit_test_setup_teardown(hint_races_with_writers, setup, teardown),
+		cmocka_unit_test_setup_teardown(failed_release_changes_nothing, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
