@@ -1,7 +1,7 @@
 /* mvg.h - memvirt's guest-side virtio-balloon driver: platform interface and driver API.
  *
- * Freestanding C: this header and balloon-driver/*.c use only <stdint.h>, <stddef.h> and
- * <stdbool.h> (plus compiler builtins). Everything the driver needs from the guest
+ * Freestanding C: this header and the driver's sources use only <stdint.h>, <stddef.h>
+ * and <stdbool.h> (plus compiler builtins). Everything the driver needs from the guest
  * kernel goes through struct mvg_platform; a port fills it (balloon-driver/hosted/ runs
  * the driver in a host thread against a simulated guest).
  */
@@ -33,7 +33,8 @@ struct mvg_platform {
 	int (*alloc_run)(void *ctx, uint64_t *gpa);     /* 2 MiB aligned, 2 MiB long */
 	void (*free_run)(void *ctx, uint64_t gpa);
 	/* A pointer through which the driver reads and writes guest-physical memory
-	 * [gpa, gpa + MVG_PAGE_SIZE) (rings and PFN arrays live in pages it allocated). */
+	 * [gpa, gpa + MVG_PAGE_SIZE) (rings and PFN arrays live in pages it allocated).
+	 * The driver keeps it for as long as it holds the page (a kernel's direct map). */
 	void *(*map)(void *ctx, uint64_t gpa);
 	/* Free memory the driver must leave to the guest (the floor check), in bytes. */
 	uint64_t (*free_bytes)(void *ctx);
@@ -56,60 +57,91 @@ struct mvg_platform {
 };
 
 struct mvg_config {
-	uint64_t floor_bytes;     /* never inflate while guest free memory is below this */
+	uint64_t floor_bytes;     /* never inflate (nor hint) while guest free memory is below
+	                             this; default 0 */
 	uint64_t features;        /* bits the driver may negotiate (mask of spec bits 0-5);
-	                             default all six */
+	                             default all but PAGE_POISON. Set PAGE_POISON only if the
+	                             platform's free pages hold poison_val (the guest poisons
+	                             what it frees): the driver then reports free runs as they
+	                             are and writes poison_val into pages it gives back after
+	                             the host may have dropped them (deflate, early hint
+	                             release), as the spec asks */
 	unsigned inflight;        /* requests in flight per queue, 1..64; default 8 */
-	unsigned pfns_per_req;    /* PFNs per inflate/deflate request (multiple of 512), default 4096 */
-	uint64_t stats_period_ns; /* 0 = answer the device's requests only */
-	uint64_t report_period_ns; /* free page reporting pass every; default 2 s */
+	unsigned pfns_per_req;    /* PFNs per inflate/deflate request, rounded up to a multiple
+	                             of 512, at most 16384; default 4096 */
+	uint64_t stats_period_ns; /* not used: in the virtio protocol only the device asks for
+	                             statistics (it returns the buffer, the driver refills it at
+	                             once); a driver cannot push them. Leave 0 */
+	uint64_t report_period_ns; /* free page reporting pass every; default 2 s; 0 = none */
 	uint32_t poison_val;      /* written to config when PAGE_POISON is negotiated */
 };
 
 void mvg_config_init(struct mvg_config *cfg);
 
+/* Errors in mvg_status.error. */
+#define MVG_ERR_PROTO (-71) /* the device broke the protocol (bad used id or length, used
+                               index running ahead): the entry was ignored, driver goes on */
+#define MVG_ERR_NOMEM (-12) /* a ballooned page could not be recorded (no bookkeeping page) */
+#define MVG_ERR_RESET (-5)  /* the device set DEVICE_NEEDS_RESET: the driver stopped */
+
 /* Driver status, for the port and for tests. */
 struct mvg_status {
 	uint64_t target_pages, actual_pages; /* num_pages seen / actual written */
-	uint64_t ballooned_runs, ballooned_pages; /* 2 MiB runs and single 4 KiB pages held */
-	bool at_floor;            /* inflate stopped: free memory at the floor */
-	uint64_t oom_deflated_pages, reported_runs, hinted_pages, hint_runs;
+	uint64_t ballooned_runs, ballooned_pages; /* 2 MiB runs and single 4 KiB pages held
+	                             (acked by the device, not counting requests in flight) */
+	bool at_floor;            /* inflate stopped, nothing in flight: free memory at the
+	                             floor, or the balloon deflated on OOM (then until the
+	                             target changes) */
+	uint64_t oom_deflated_pages; /* given back by mvg_balloon_oom, cumulative */
+	uint64_t reported_runs;   /* 2 MiB runs reported free and acked, cumulative */
+	uint64_t hinted_pages;    /* 4 KiB pages sent as free page hints, cumulative */
+	uint64_t hint_held_pages; /* hinted pages the driver holds now (until DONE) */
+	uint64_t hint_runs;       /* hint runs (command ids) answered and ended with STOP */
 	uint64_t inflate_reqs, deflate_reqs, stats_sent;
+	uint64_t bookkeeping_pages; /* guest pages the driver holds for its own lists */
 	uint64_t negotiated;      /* feature bits */
-	int error;                /* 0, or why the driver stopped (negative) */
+	int error;                /* 0, or the first MVG_ERR_* seen (sticky) */
 };
 
-/* Opaque to ports; its size is fixed so a port can place it statically. */
+/* Opaque to ports; its size is fixed so a port can place it statically (8-byte
+ * aligned; about 110 KiB). */
 struct mvg_balloon;
 size_t mvg_balloon_size(void);
 
 /*
  * Probe the virtio-mmio device (magic, version 2, device ID 5), negotiate features,
- * set up the queues with ring memory from the platform. `mem` is mvg_balloon_size()
- * bytes, owned by the port. 0, or -1 (not a balloon), -2 (negotiation refused),
- * -3 (no memory for rings).
+ * set up the queues with ring memory from the platform. `d` is mvg_balloon_size()
+ * bytes, owned by the port; cfg NULL = mvg_config_init() defaults. 0, or -1 (not a
+ * balloon), -2 (negotiation refused), -3 (no memory for rings and buffers: what was
+ * allocated is freed and the device is left FAILED).
  */
 int mvg_balloon_init(struct mvg_balloon *d, const struct mvg_platform *p, const struct mvg_config *cfg);
 
 /*
- * One step of the driver: collect used buffers, move toward the target with several
- * requests in flight (2 MiB runs first, 4 KiB pages after, never below the floor),
- * answer stats requests, report free pages, run free page hinting. Returns the ns the
- * port may sleep (in wait) before the next step, or 0 to call again at once.
+ * One step of the driver, never blocking: collect used buffers, move toward the target
+ * with several requests in flight (2 MiB runs first, 4 KiB pages after, never below the
+ * floor), answer stats requests, report free pages, run free page hinting. Returns the
+ * ns the port may sleep (in wait, woken early by the device's interrupt) before the
+ * next step, or 0 to call again at once.
  */
 uint64_t mvg_balloon_step(struct mvg_balloon *d);
 
 /*
  * Deflate on OOM: called by the port's allocator when it has nothing free. Gives back up
- * to `bytes` from the balloon (telling the host first when MUST_TELL_HOST is
- * negotiated). Only when DEFLATE_ON_OOM is negotiated; returns bytes given back.
- * Same thread as mvg_balloon_step (the port serialises them).
+ * to `bytes`: hinted pages the device has returned first, then from the balloon, 4 KiB
+ * pages before 2 MiB runs (telling the host first: with MUST_TELL_HOST the pages are
+ * freed on the device's ack, waited for in platform wait for at most ~100 ms). Only when
+ * DEFLATE_ON_OOM is negotiated; returns bytes given back to the platform by this call
+ * (0 without the feature). The balloon then does not inflate again until the host sets
+ * a new target (status at_floor). Same thread as mvg_balloon_step (the port serialises
+ * them).
  */
 uint64_t mvg_balloon_oom(struct mvg_balloon *d, uint64_t bytes);
 
 void mvg_balloon_status(const struct mvg_balloon *d, struct mvg_status *out);
 
-/* Reset the device and give every ballooned page back to the guest. */
+/* Reset the device and give every page the driver holds back to the guest (ballooned,
+ * in flight, hinted, being reported, its rings and lists). The driver is dead after. */
 void mvg_balloon_remove(struct mvg_balloon *d);
 
 #endif

@@ -28,7 +28,8 @@ void bench_profiles_list(void);
 struct bench_guest *bench_guests_new(const struct bench_profile *p);
 void bench_guests_free(const struct bench_profile *p, struct bench_guest *g);
 
-/* `memvirt bench scan ...`; returns the process exit status. */
+/* `memvirt bench scan ...` and `memvirt bench balloon ...`; return the exit status. */
 int bench_scan_main(int argc, char **argv);
+int bench_balloon_main(int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: memvirt <command> [options]\n\n"
 	        "commands:\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
+	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
 	        "  version                                          library version\n"
 	        "  help                                             this text\n"
 	        "\n`memvirt bench scan --help` lists the profiles.\n");
@@ -27,6 +28,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "scan"))
 		return bench_scan_main(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "balloon"))
+		return bench_balloon_main(argc - 2, argv + 2);
 	fprintf(stderr, "memvirt: unknown command '%s'\n\n", argv[1]);
 	usage(stderr);
 	return 2;

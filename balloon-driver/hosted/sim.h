@@ -40,7 +40,13 @@ void mvg_sim_free(struct mvg_sim *s);
 
 int mvg_sim_start_driver(struct mvg_sim *s);
 void mvg_sim_stop_driver(struct mvg_sim *s);
+/* One driver step in the calling thread (for tests that drive it by hand, with the
+ * driver thread stopped or never started); returns what mvg_balloon_step returned. */
+uint64_t mvg_sim_step(struct mvg_sim *s);
 
+/* The driver instance, for tests that look inside it (drv.h), with the driver thread
+ * stopped. */
+struct mvg_balloon *mvg_sim_driver(struct mvg_sim *s);
 struct mv_vm *mvg_sim_vm(struct mvg_sim *s);
 struct mv_balloon *mvg_sim_balloon(struct mvg_sim *s);
 /* Host address of guest-physical gpa (4 KiB page), NULL outside RAM. */

@@ -62,7 +62,7 @@ struct mv_balloon_config {
 	unsigned queue_max;    /* QueueNumMax of every queue, a power of 2 <= 32768; default 1024 */
 	bool prefault_deflate; /* populate deflated pages at once; default false (on demand) */
 	uint64_t stall_ns;     /* no progress towards the target for this long = stalled;
-	                          default 5 s */
+	                          default 5 s; 0 = never report a stall */
 	const struct mv_balloon_ops *ops; /* required; copied */
 	void *opaque;          /* passed to the hooks */
 };
@@ -107,7 +107,8 @@ struct mv_balloon_info {
 int mv_balloon_info(struct mv_balloon *b, struct mv_balloon_info *out);
 
 /* Hand the stats buffer back to the guest: it answers with fresh statistics.
- * -EAGAIN if the guest has not sent its first buffer, -ENOTSUP without STATS_VQ. */
+ * -EAGAIN if the guest has not sent its first buffer (or has one out already),
+ * -ENOTSUP without STATS_VQ. */
 int mv_balloon_stats_request(struct mv_balloon *b);
 
 /* Free page hinting: start a new hint run (a fresh free_page_hint_cmd_id) or end it
@@ -123,11 +124,18 @@ uint64_t mv_balloon_device_features(struct mv_balloon *b);
 /* -EINVAL (status unchanged) unless a subset of the offered features with VERSION_1. */
 int mv_balloon_driver_features(struct mv_balloon *b, uint64_t features);
 uint8_t mv_balloon_get_status(struct mv_balloon *b);
-/* Status 0 resets the device. FEATURES_OK is refused (left clear) after bad features. */
+/* Status 0 resets the device: features, queues, interrupt status, the held stats buffer
+ * and the hint run (armed hints are dropped unreleased) go; actual and poison_val return
+ * to 0, the target stays. Ballooned pages stay released but leave the balloon: the reset
+ * driver owns all its memory again and inflates afresh. FEATURES_OK is refused (left
+ * clear, -EINVAL) after bad features, DRIVER_OK without FEATURES_OK; clearing a bit other
+ * than by reset is refused (-EINVAL). */
 int mv_balloon_set_status(struct mv_balloon *b, uint8_t status);
 uint32_t mv_balloon_config_generation(struct mv_balloon *b);
-/* Config space (8..16 bytes; little-endian). Reads past its end return zeros, writes
- * to read-only fields or in the wrong state are ignored (-EPERM). */
+/* Config space (8..16 bytes; little-endian). Reads past its end return zeros. A write
+ * (1..8 bytes) must lie inside one driver-written field (actual; poison_val with
+ * PAGE_POISON); writes to read-only fields, before DRIVER or after NEEDS_RESET or FAILED
+ * are ignored (-EPERM). */
 int mv_balloon_config_read(struct mv_balloon *b, unsigned off, void *buf, unsigned len);
 int mv_balloon_config_write(struct mv_balloon *b, unsigned off, const void *buf, unsigned len);
 /* Queues after negotiation, numbered as Linux and QEMU do: inflateq 0, deflateq 1, then
@@ -138,10 +146,13 @@ struct mv_virtq_setup {
 	uint16_t num;              /* ring size, power of 2 <= queue_max */
 	uint64_t desc, avail, used; /* guest-physical addresses */
 };
-/* Enable (setup != NULL) or disable queue q. -EINVAL on a bad size, misaligned or
- * out-of-RAM rings, or an unknown queue. */
+/* Enable (setup != NULL) or disable queue q, between FEATURES_OK and DRIVER_OK (else
+ * -EBUSY). -EINVAL on a bad size, misaligned or out-of-RAM rings, or an unknown queue. */
 int mv_balloon_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *setup);
-/* The driver notified queue q: consume its available buffers. */
+/* The driver notified queue q: consume the buffers available when the call begins.
+ * Ignored (0) before DRIVER_OK (what was queued is consumed when DRIVER_OK is set), after
+ * NEEDS_RESET and on a queue not set up. -EINVAL for an unknown queue; -EPROTO when the
+ * ring was malformed and the device set DEVICE_NEEDS_RESET. */
 int mv_balloon_queue_notify(struct mv_balloon *b, unsigned q);
 
 /* ---- virtio-mmio transport helper (spec 4.2.2, version 2) ---- */

@@ -1,0 +1,594 @@
+/* sim.c - the hosted port: a simulated guest (RAM, allocator, driver thread) around
+ * libmemvirt's virtio-balloon device, talking to it only through MMIO and the rings.
+ *
+ * Threads: the driver thread steps the driver under drv_lock and sleeps in the
+ * platform's wait until the device's interrupt (irq_lock, irq_cond) or a timeout; with
+ * io_thread, QueueNotify writes are posted to a VMM I/O thread that runs the device's
+ * queue handling (ioeventfd style, notifies coalesced per queue), so driver and device
+ * work in parallel. Workload threads use the allocator directly; when it is empty,
+ * mvg_sim_alloc_page runs the driver's deflate-on-OOM under drv_lock.
+ */
+#include "sim.h"
+#include "galloc.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+#define MIB            (1ull << 20)
+#define RUN            (2 * MIB)
+#define GIB            (1ull << 30)
+#define HIGH_RAM_GPA   (4 * GIB)
+#define MAX_SLEEP_NS   (100 * 1000000ull)
+#define OOM_BYTES      MIB /* given back per OOM event, as Linux */
+#define QUEUE_NOTIFY   0x50
+
+struct ram {
+	uint8_t *hva;
+	uint64_t gpa, bytes;
+};
+
+struct mvg_sim {
+	struct mvg_sim_config cfg;
+	struct mv_vm *vm;
+	struct mv_balloon *b;
+	struct mv_balloon_ops ops;
+	struct ram ram[2];
+	unsigned nram;
+	struct mvg__galloc *ga;
+
+	struct mvg_balloon *drv;       /* mvg_balloon_size() bytes */
+	struct mvg_platform plat;
+	bool drv_ok;                   /* mvg_balloon_init succeeded */
+	pthread_mutex_t drv_lock;      /* serialises every mvg_balloon_* call */
+	pthread_t drv_thread;
+	bool drv_running;              /* under ctl_lock */
+	atomic_bool drv_stop;
+	pthread_mutex_t ctl_lock;      /* start / stop of the driver thread */
+
+	pthread_mutex_t irq_lock;      /* guards irq_pending */
+	pthread_cond_t irq_cond;
+	bool irq_pending;              /* interrupt since the driver last waited */
+
+	pthread_t io_thread;
+	bool io_running;
+	pthread_mutex_t io_lock;       /* guards io_pending, io_stop */
+	pthread_cond_t io_cond;
+	uint32_t io_pending;           /* bit per queue with a notify not handled yet */
+	bool io_stop;
+
+	pthread_mutex_t stats_lock;    /* guards user_stats */
+	struct mvg_guest_stats user_stats;
+	atomic_uint_fast64_t oom_kills;
+};
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void mvg_sim_config_init(struct mvg_sim_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->ram_bytes = 256 * MIB;
+	cfg->split_at = 3 * GIB;
+	cfg->io_thread = true;
+	cfg->start_driver = true;
+	mvg_config_init(&cfg->driver);
+	mv_balloon_config_init(&cfg->device);
+}
+
+/* ---- interrupts and the I/O thread ---- */
+
+static void raise_irq(struct mvg_sim *s)
+{
+	pthread_mutex_lock(&s->irq_lock);
+	s->irq_pending = true;
+	pthread_cond_broadcast(&s->irq_cond);
+	pthread_mutex_unlock(&s->irq_lock);
+}
+
+static void dev_interrupt(void *opaque, int queue)
+{
+	raise_irq(opaque);
+}
+
+static uint64_t dev_now(void *opaque)
+{
+	return mono_ns();
+}
+
+static void *io_main(void *arg)
+{
+	struct mvg_sim *s = arg;
+	pthread_mutex_lock(&s->io_lock);
+	for (;;) {
+		while (!s->io_pending && !s->io_stop)
+			pthread_cond_wait(&s->io_cond, &s->io_lock);
+		if (s->io_stop)
+			break;
+		uint32_t mask = s->io_pending;
+		s->io_pending = 0;
+		pthread_mutex_unlock(&s->io_lock);
+		for (unsigned q = 0; mask; q++, mask >>= 1)
+			if (mask & 1)
+				mv_balloon_queue_notify(s->b, q);
+		pthread_mutex_lock(&s->io_lock);
+	}
+	pthread_mutex_unlock(&s->io_lock);
+	return NULL;
+}
+
+static void post_notify(struct mvg_sim *s, uint32_t q)
+{
+	pthread_mutex_lock(&s->io_lock);
+	s->io_pending |= 1u << q;
+	pthread_cond_signal(&s->io_cond);
+	pthread_mutex_unlock(&s->io_lock);
+}
+
+/* ---- the driver's platform ---- */
+
+static int p_alloc_page(void *ctx, uint64_t *gpa)
+{
+	return mvg__galloc_alloc_page(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
+}
+
+static void p_free_page(void *ctx, uint64_t gpa)
+{
+	mvg__galloc_free_page(((struct mvg_sim *)ctx)->ga, gpa);
+}
+
+static int p_alloc_run(void *ctx, uint64_t *gpa)
+{
+	return mvg__galloc_alloc_run(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
+}
+
+static void p_free_run(void *ctx, uint64_t gpa)
+{
+	mvg__galloc_free_run(((struct mvg_sim *)ctx)->ga, gpa);
+}
+
+static void *p_map(void *ctx, uint64_t gpa)
+{
+	return mvg_sim_hva(ctx, gpa);
+}
+
+static uint64_t p_free_bytes(void *ctx)
+{
+	return mvg__galloc_free_bytes(((struct mvg_sim *)ctx)->ga);
+}
+
+static void p_get_stats(void *ctx, struct mvg_guest_stats *out)
+{
+	struct mvg_sim *s = ctx;
+	pthread_mutex_lock(&s->stats_lock);
+	*out = s->user_stats;
+	pthread_mutex_unlock(&s->stats_lock);
+	if (out->free_bytes == UINT64_MAX)
+		out->free_bytes = mvg__galloc_free_bytes(s->ga);
+	if (out->total_bytes == UINT64_MAX)
+		out->total_bytes = mvg__galloc_total_bytes(s->ga);
+	if (out->avail_bytes == UINT64_MAX)
+		out->avail_bytes = out->free_bytes +
+		                   (out->cache_bytes == UINT64_MAX ? 0 : out->cache_bytes);
+	if (out->oom_kills == UINT64_MAX)
+		out->oom_kills = atomic_load(&s->oom_kills);
+}
+
+static int p_isolate(void *ctx, uint64_t *gpa)
+{
+	return mvg__galloc_isolate_unreported(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
+}
+
+static void p_putback(void *ctx, uint64_t gpa)
+{
+	mvg__galloc_putback_reported(((struct mvg_sim *)ctx)->ga, gpa);
+}
+
+static uint32_t p_mmio_read(void *ctx, uint32_t off)
+{
+	uint32_t v = 0;
+	mv_balloon_mmio_read(((struct mvg_sim *)ctx)->b, off, &v, 4);
+	return v;
+}
+
+static void p_mmio_write(void *ctx, uint32_t off, uint32_t val)
+{
+	struct mvg_sim *s = ctx;
+	if (off == QUEUE_NOTIFY && s->io_running && val < 32)
+		post_notify(s, val);
+	else
+		mv_balloon_mmio_write(s->b, off, &val, 4);
+}
+
+static void p_wait(void *ctx, uint64_t timeout_ns)
+{
+	struct mvg_sim *s = ctx;
+	uint64_t end = mono_ns() + timeout_ns;
+	struct timespec ts = { .tv_sec = (time_t)(end / 1000000000ull),
+	                       .tv_nsec = (long)(end % 1000000000ull) };
+	pthread_mutex_lock(&s->irq_lock);
+	while (!s->irq_pending && !atomic_load(&s->drv_stop))
+		if (pthread_cond_timedwait(&s->irq_cond, &s->irq_lock, &ts) == ETIMEDOUT)
+			break;
+	s->irq_pending = false;
+	pthread_mutex_unlock(&s->irq_lock);
+}
+
+static uint64_t p_now(void *ctx)
+{
+	return mono_ns();
+}
+
+static void fill_platform(struct mvg_sim *s)
+{
+	s->plat = (struct mvg_platform){
+		.ctx = s,
+		.alloc_page = p_alloc_page, .free_page = p_free_page,
+		.alloc_run = p_alloc_run, .free_run = p_free_run,
+		.map = p_map, .free_bytes = p_free_bytes, .get_stats = p_get_stats,
+		.isolate_unreported = p_isolate, .putback_reported = p_putback,
+		.mmio_read = p_mmio_read, .mmio_write = p_mmio_write,
+		.wait = p_wait, .now_ns = p_now,
+	};
+}
+
+/* ---- the driver thread ---- */
+
+static void *drv_main(void *arg)
+{
+	struct mvg_sim *s = arg;
+	while (!atomic_load(&s->drv_stop)) {
+		pthread_mutex_lock(&s->drv_lock);
+		uint64_t ns = mvg_balloon_step(s->drv);
+		pthread_mutex_unlock(&s->drv_lock);
+		if (ns)
+			p_wait(s, ns < MAX_SLEEP_NS ? ns : MAX_SLEEP_NS);
+	}
+	return NULL;
+}
+
+int mvg_sim_start_driver(struct mvg_sim *s)
+{
+	int err = 0;
+	pthread_mutex_lock(&s->ctl_lock);
+	if (!s->drv_running && s->drv_ok) {
+		atomic_store(&s->drv_stop, false);
+		err = -pthread_create(&s->drv_thread, NULL, drv_main, s);
+		s->drv_running = !err;
+	}
+	pthread_mutex_unlock(&s->ctl_lock);
+	return s->drv_ok ? err : -ENODEV;
+}
+
+void mvg_sim_stop_driver(struct mvg_sim *s)
+{
+	pthread_mutex_lock(&s->ctl_lock);
+	if (s->drv_running) {
+		atomic_store(&s->drv_stop, true);
+		raise_irq(s);
+		pthread_join(s->drv_thread, NULL);
+		s->drv_running = false;
+		atomic_store(&s->drv_stop, false);
+	}
+	pthread_mutex_unlock(&s->ctl_lock);
+}
+
+uint64_t mvg_sim_step(struct mvg_sim *s)
+{
+	pthread_mutex_lock(&s->drv_lock);
+	uint64_t ns = s->drv_ok ? mvg_balloon_step(s->drv) : UINT64_MAX;
+	pthread_mutex_unlock(&s->drv_lock);
+	return ns;
+}
+
+/* ---- guest RAM ---- */
+
+static int map_ram(struct ram *r, bool thp)
+{
+	size_t len = r->bytes;
+	uint8_t *raw = mmap(NULL, len + RUN, PROT_READ | PROT_WRITE,
+	                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return -errno;
+	uint8_t *mem = (uint8_t *)(((uintptr_t)raw + RUN - 1) & ~(uintptr_t)(RUN - 1));
+	if (mem > raw)
+		munmap(raw, (size_t)(mem - raw));
+	munmap(mem + len, (size_t)(raw + RUN - mem));
+	madvise(mem, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* advice: failure is harmless */
+	r->hva = mem;
+	return 0;
+}
+
+/* x86-like: [0, split_at) below the hole, the rest from 4 GiB. */
+static int layout(struct mvg_sim *s)
+{
+	const struct mvg_sim_config *c = &s->cfg;
+	if (!c->ram_bytes || c->ram_bytes % RUN || c->split_at % RUN || c->split_at > HIGH_RAM_GPA)
+		return -EINVAL;
+	s->ram[0] = (struct ram){ .gpa = 0, .bytes = c->ram_bytes };
+	s->nram = 1;
+	if (c->split_at && c->ram_bytes > c->split_at) {
+		s->ram[0].bytes = c->split_at;
+		s->ram[1] = (struct ram){ .gpa = HIGH_RAM_GPA, .bytes = c->ram_bytes - c->split_at };
+		s->nram = 2;
+	}
+	return 0;
+}
+
+static int setup_ram(struct mvg_sim *s, struct mv_host *host)
+{
+	int err = layout(s);
+	for (unsigned k = 0; k < s->nram && !err; k++)
+		err = map_ram(&s->ram[k], s->cfg.thp);
+	if (err)
+		return err;
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.name = s->cfg.name;
+	vc.domain = s->cfg.domain;
+	err = mv_vm_new(host, &vc, &s->vm);
+	for (unsigned k = 0; k < s->nram && !err; k++)
+		err = mv_vm_region_add(s->vm, k, s->ram[k].gpa, s->ram[k].hva, s->ram[k].bytes, 0);
+	struct mvg__galloc_region gr[2];
+	for (unsigned k = 0; k < s->nram; k++)
+		gr[k] = (struct mvg__galloc_region){ s->ram[k].gpa, s->ram[k].bytes };
+	if (!err)
+		err = mvg__galloc_new(gr, s->nram, &s->ga);
+	return err;
+}
+
+static void free_ram(struct mvg_sim *s)
+{
+	mvg__galloc_free(s->ga);
+	mv_vm_free(s->vm);
+	for (unsigned k = 0; k < s->nram; k++)
+		if (s->ram[k].hva)
+			munmap(s->ram[k].hva, s->ram[k].bytes);
+}
+
+/* ---- lifetime ---- */
+
+static void init_sync(struct mvg_sim *s)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->irq_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&s->io_cond, NULL);
+	pthread_mutex_init(&s->irq_lock, NULL);
+	pthread_mutex_init(&s->io_lock, NULL);
+	pthread_mutex_init(&s->drv_lock, NULL);
+	pthread_mutex_init(&s->ctl_lock, NULL);
+	pthread_mutex_init(&s->stats_lock, NULL);
+	memset(&s->user_stats, 0xff, sizeof(s->user_stats));
+}
+
+static void fini_sync(struct mvg_sim *s)
+{
+	pthread_cond_destroy(&s->irq_cond);
+	pthread_cond_destroy(&s->io_cond);
+	pthread_mutex_destroy(&s->irq_lock);
+	pthread_mutex_destroy(&s->io_lock);
+	pthread_mutex_destroy(&s->drv_lock);
+	pthread_mutex_destroy(&s->ctl_lock);
+	pthread_mutex_destroy(&s->stats_lock);
+}
+
+static int setup_device(struct mvg_sim *s)
+{
+	s->ops = (struct mv_balloon_ops){ .interrupt = dev_interrupt, .now_ns = dev_now };
+	struct mv_balloon_config bc = s->cfg.device;
+	bc.ops = &s->ops;
+	bc.opaque = s;
+	int err = mv_balloon_new(s->vm, &bc, &s->b);
+	if (err)
+		return err;
+	if (s->cfg.io_thread) {
+		err = -pthread_create(&s->io_thread, NULL, io_main, s);
+		s->io_running = !err;
+	}
+	return err;
+}
+
+static void stop_io(struct mvg_sim *s)
+{
+	if (!s->io_running)
+		return;
+	pthread_mutex_lock(&s->io_lock);
+	s->io_stop = true;
+	pthread_cond_signal(&s->io_cond);
+	pthread_mutex_unlock(&s->io_lock);
+	pthread_join(s->io_thread, NULL);
+	s->io_running = false;
+}
+
+static int setup_driver(struct mvg_sim *s)
+{
+	s->drv = aligned_alloc(64, (mvg_balloon_size() + 63) / 64 * 64);
+	if (!s->drv)
+		return -ENOMEM;
+	fill_platform(s);
+	switch (mvg_balloon_init(s->drv, &s->plat, &s->cfg.driver)) {
+	case 0:
+		s->drv_ok = true;
+		return 0;
+	case -1:
+		return -ENODEV;
+	case -2:
+		return -EPROTO;
+	default:
+		return -ENOMEM;
+	}
+}
+
+int mvg_sim_new(struct mv_host *host, const struct mvg_sim_config *cfg, struct mvg_sim **out)
+{
+	if (!host || !cfg || !out || !cfg->name)
+		return -EINVAL;
+	struct mvg_sim *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cfg = *cfg;
+	init_sync(s);
+	int err = setup_ram(s, host);
+	if (err)
+		goto fail_ram;
+	err = setup_device(s);
+	if (err)
+		goto fail_device;
+	err = setup_driver(s);
+	if (err)
+		goto fail_driver;
+	if (cfg->start_driver && (err = mvg_sim_start_driver(s)))
+		goto fail_driver;
+	s->cfg.name = s->cfg.domain = NULL; /* the caller's strings: the VM copied them */
+	*out = s;
+	return 0;
+fail_driver:
+	if (s->drv_ok)
+		mvg_balloon_remove(s->drv);
+	free(s->drv);
+	stop_io(s);
+fail_device:
+	mv_balloon_free(s->b);
+fail_ram:
+	free_ram(s);
+	fini_sync(s);
+	free(s);
+	return err;
+}
+
+void mvg_sim_free(struct mvg_sim *s)
+{
+	if (!s)
+		return;
+	mvg_sim_stop_driver(s);
+	pthread_mutex_lock(&s->drv_lock);
+	if (s->drv_ok)
+		mvg_balloon_remove(s->drv);
+	s->drv_ok = false;
+	pthread_mutex_unlock(&s->drv_lock);
+	stop_io(s);
+	mv_balloon_free(s->b);
+	free(s->drv);
+	free_ram(s);
+	fini_sync(s);
+	free(s);
+}
+
+/* ---- accessors ---- */
+
+struct mvg_balloon *mvg_sim_driver(struct mvg_sim *s)
+{
+	return s->drv;
+}
+
+struct mv_vm *mvg_sim_vm(struct mvg_sim *s)
+{
+	return s->vm;
+}
+
+struct mv_balloon *mvg_sim_balloon(struct mvg_sim *s)
+{
+	return s->b;
+}
+
+void *mvg_sim_hva(struct mvg_sim *s, uint64_t gpa)
+{
+	for (unsigned k = 0; k < s->nram; k++)
+		if (gpa >= s->ram[k].gpa && gpa - s->ram[k].gpa < s->ram[k].bytes)
+			return s->ram[k].hva + (gpa - s->ram[k].gpa);
+	return NULL;
+}
+
+unsigned mvg_sim_ram(struct mvg_sim *s, void **hva, uint64_t *gpa, uint64_t *bytes, unsigned max)
+{
+	unsigned k = 0;
+	for (; k < s->nram && k < max; k++) {
+		hva[k] = s->ram[k].hva;
+		gpa[k] = s->ram[k].gpa;
+		bytes[k] = s->ram[k].bytes;
+	}
+	return k;
+}
+
+/* ---- the guest's allocator ---- */
+
+int mvg_sim_alloc_page(struct mvg_sim *s, uint64_t *gpa)
+{
+	if (!mvg__galloc_alloc_page(s->ga, gpa))
+		return 0;
+	pthread_mutex_lock(&s->drv_lock);
+	if (s->drv_ok)
+		mvg_balloon_oom(s->drv, OOM_BYTES);
+	pthread_mutex_unlock(&s->drv_lock);
+	raise_irq(s); /* the OOM path may have taken an interrupt meant for the driver thread */
+	if (!mvg__galloc_alloc_page(s->ga, gpa))
+		return 0;
+	atomic_fetch_add(&s->oom_kills, 1);
+	return -ENOMEM;
+}
+
+void mvg_sim_free_page(struct mvg_sim *s, uint64_t gpa)
+{
+	mvg__galloc_free_page(s->ga, gpa);
+}
+
+int mvg_sim_alloc_run(struct mvg_sim *s, uint64_t *gpa)
+{
+	return mvg__galloc_alloc_run(s->ga, gpa);
+}
+
+void mvg_sim_free_run(struct mvg_sim *s, uint64_t gpa)
+{
+	mvg__galloc_free_run(s->ga, gpa);
+}
+
+uint64_t mvg_sim_free_bytes(struct mvg_sim *s)
+{
+	return mvg__galloc_free_bytes(s->ga);
+}
+
+void mvg_sim_set_stats(struct mvg_sim *s, const struct mvg_guest_stats *st)
+{
+	pthread_mutex_lock(&s->stats_lock);
+	s->user_stats = *st;
+	pthread_mutex_unlock(&s->stats_lock);
+}
+
+void mvg_sim_driver_status(struct mvg_sim *s, struct mvg_status *out)
+{
+	pthread_mutex_lock(&s->drv_lock);
+	if (s->drv_ok)
+		mvg_balloon_status(s->drv, out);
+	else
+		memset(out, 0, sizeof(*out));
+	pthread_mutex_unlock(&s->drv_lock);
+}
+
+int mvg_sim_settle(struct mvg_sim *s, uint64_t timeout_ns)
+{
+	uint64_t end = mono_ns() + timeout_ns;
+	for (;;) {
+		struct mv_balloon_info info;
+		struct mvg_status st;
+		mv_balloon_info(s->b, &info);
+		mvg_sim_driver_status(s, &st);
+		if (info.actual_bytes == info.target_bytes)
+			return 0;
+		if (st.at_floor && st.target_pages * MVG_PAGE_SIZE == info.target_bytes)
+			return 0; /* at_floor for the current target, not a stale one */
+		if (mono_ns() >= end)
+			return -ETIMEDOUT;
+		nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+	}
+}

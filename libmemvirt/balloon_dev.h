@@ -1,0 +1,123 @@
+/* balloon_dev.h - private state of the virtio-balloon device, shared by its model
+ * (balloon.c), its page work (balloon_mem.c) and its virtio-mmio transport (virtio_mmio.c). */
+#ifndef MV_BALLOON_DEV_H
+#define MV_BALLOON_DEV_H
+
+#include <memvirt/balloon.h>
+
+#include "internal.h"
+#include "virtq.h"
+
+#define MV_BL_NQ 5                /* queues with every feature */
+
+/* What a queue does; its number depends on the negotiated features. */
+enum mv_bl_role { BL_INFLATE, BL_DEFLATE, BL_STATS, BL_HINT, BL_REPORT };
+
+/* Device status bits (virtio 2.1). */
+#define MV_VS_ACKNOWLEDGE 0x01
+#define MV_VS_DRIVER      0x02
+#define MV_VS_DRIVER_OK   0x04
+#define MV_VS_FEATURES_OK 0x08
+#define MV_VS_NEEDS_RESET 0x40
+#define MV_VS_FAILED      0x80
+
+#define MV_BL_CMD_STOP 0u         /* free_page_hint_cmd_id values with a meaning */
+#define MV_BL_CMD_DONE 1u
+
+/* The virtio-mmio registers the driver stages before they reach the device. */
+struct mv_bl_mmio {
+	uint32_t dev_sel, drv_sel;    /* DeviceFeaturesSel, DriverFeaturesSel */
+	uint32_t queue_sel, shm_sel;
+	uint64_t drv_features;        /* both halves, handed over when FEATURES_OK is set */
+	struct mv_virtq_setup q[MV_BL_NQ]; /* QueueNum and ring addresses until QueueReady */
+	uint32_t isr;                 /* InterruptStatus: 1 used buffer, 2 config change */
+};
+
+/* Device-private state of one guest region, for the huge-page rule (Overview in
+ * balloon_mem.c). Looked up by region pointer; dropped when the region leaves the map. */
+struct mv_bl_region {
+	struct mv_region *r;
+	uint8_t *blk;                 /* per 2 MiB host block (r->nr_chunks): BLK_* */
+};
+
+struct mv_bl_hint { uint64_t gpa, len; }; /* an armed range, found again by gpa */
+
+/* Every field is guarded by `lock`. */
+struct mv_balloon {
+	pthread_mutex_t lock;
+	struct mv_vm *vm;
+	struct mv_host *h;
+	struct mv_balloon_config cfg;  /* cfg.ops points at ops */
+	struct mv_balloon_ops ops;
+
+	/* virtio device */
+	uint64_t features;             /* the driver's accepted features */
+	bool features_valid;           /* a valid set was written: FEATURES_OK may be set */
+	uint8_t status;
+	uint32_t generation;
+	uint32_t num_pages, actual, cmd_id, poison; /* config space, in host order */
+	unsigned nr_vq;
+	uint8_t role[MV_BL_NQ];        /* by queue number */
+	struct mv_vq vq[MV_BL_NQ];     /* by queue number */
+	struct mv_bl_mmio mmio;
+
+	/* progress towards the target */
+	uint64_t prog_ns;              /* last progress or target change */
+	uint32_t gap;                  /* |num_pages - actual| then */
+
+	/* statistics */
+	bool stats_held;               /* the driver's buffer, kept until a stats request */
+	uint16_t stats_head;
+	uint32_t stats_valid;
+	uint64_t stats[MV_BSTAT_NR];
+	bool stats_seen;
+	uint64_t stats_ns;             /* last parse, if stats_seen */
+
+	/* free page hinting */
+	bool hint_run;                 /* the driver started a run with the current cmd id */
+	uint32_t next_cmd;
+	struct mv_bl_hint *armed;      /* MV_BL_HINT_MAX entries */
+	unsigned n_armed;
+
+	/* page work (balloon_mem.c) */
+	uint32_t *pfn, *tmp;           /* PFN copy and sort space, pfn_cap entries each */
+	size_t pfn_cap;
+	struct mv_prange *rv;          /* ranges to release, all in rv_r */
+	size_t rv_n;
+	struct mv_region *rv_r;
+	struct mv_bl_region *regs;
+	unsigned n_regs, cap_regs;
+
+	/* cumulative, in bytes unless named otherwise */
+	uint64_t inflated, deflated, reported, hinted, hint_discarded, released;
+	uint64_t guest_errors;         /* requests or PFNs refused */
+};
+
+/* balloon.c; callers hold b->lock. */
+void mv__bl_raise(struct mv_balloon *b, int queue);
+void mv__bl_guest_error(struct mv_balloon *b, uint64_t n, const char *what);
+uint64_t mv__bl_device_features(struct mv_balloon *b);
+int mv__bl_driver_features(struct mv_balloon *b, uint64_t features);
+int mv__bl_set_status(struct mv_balloon *b, uint8_t status);
+int mv__bl_config_read(struct mv_balloon *b, unsigned off, void *buf, unsigned len);
+int mv__bl_config_write(struct mv_balloon *b, unsigned off, const void *buf, unsigned len);
+int mv__bl_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *s);
+int mv__bl_queue_notify(struct mv_balloon *b, unsigned q);
+
+/* balloon_mem.c; callers hold b->lock and rcu_read_lock(), map is the VM's. */
+int mv__bl_mem_init(struct mv_balloon *b);
+void mv__bl_mem_free(struct mv_balloon *b);
+void mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 bool inflate);
+void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c);
+void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c);
+void mv__bl_hint_complete(struct mv_balloon *b, struct mv_region_map *map);
+void mv__bl_hint_forget(struct mv_balloon *b, struct mv_region_map *map);
+void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map);
+void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map);
+uint64_t mv__bl_held_pages(struct mv_region_map *map);
+
+/* virtio_mmio.c */
+void mv__bl_mmio_reset(struct mv_bl_mmio *m);
+
+#endif
