@@ -13,16 +13,16 @@ VERSION := $(shell sed -n 's/^\#define MV_VERSION_STRING "\(.*\)"/\1/p' include/
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
-DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev gnuplot-nox
+DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
-BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Iballoon-driver $(WARN)
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
-LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -pthread
+LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -pthread
 SAN      ?=
 ifeq ($(SAN),asan)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -41,12 +41,13 @@ else
 Q := @
 endif
 
-LIB_SRC   := $(wildcard libmemvirt/*.c ksm-scanner/*.c)
+LIB_SRC   := $(wildcard libmemvirt/*.c ksm-scanner/*.c policy/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(B)/obj/%.o)
-# The guest driver: freestanding core, plus the hosted port (a simulated guest in-process).
+# The guest driver: freestanding core, plus the hosted port (a simulated guest in-process)
+# and the simulated guests' workloads (sim/).
 DRV_SRC   := $(wildcard balloon-driver/*.c)
 DRV_OBJ   := $(DRV_SRC:%.c=$(B)/obj/%.o)
-HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c)
+HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c sim/*.c)
 GUEST_OBJ := $(DRV_OBJ) $(HOSTED_SRC:%.c=$(B)/obj/%.o)
 FREESTANDING := -std=gnu11 -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
             -fno-stack-protector -fPIC $(WARN)
@@ -109,7 +110,7 @@ $(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
 # The CLI links the static library: bench code uses internal symbols for its figures.
 $(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -ljson-c -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
 
 $(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a $(B)/libmvguest.a
 	@mkdir -p $(dir $@)

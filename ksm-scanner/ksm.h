@@ -143,7 +143,7 @@ void mv__vmas_account(struct mv_region *r, long delta);
 struct mv_scan_ctx {
 	struct mv_host *h;
 	unsigned worker;
-	double cpu_share;          /* cores; <= 0: unlimited */
+	double cpu_share;          /* > 0: throttled to the host's cpu_share_ppm; <= 0: unlimited */
 	uint64_t win_wall, win_cpu; /* start of the current throttle window */
 };
 void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);

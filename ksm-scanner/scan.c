@@ -361,13 +361,16 @@ static void throttle(struct mv_scan_ctx *ctx)
 {
 	if (ctx->cpu_share <= 0)
 		return;
+	double share = (double)atomic_load(&ctx->h->cpu_share_ppm) / 1e6;
 	uint64_t wall = mv__mono_ns(), cpu = mv__thread_cpu_ns();
 	if (!ctx->win_wall || wall - ctx->win_wall > 1000000000ull) {
 		ctx->win_wall = wall;
 		ctx->win_cpu = cpu;
 		return;
 	}
-	double owed = (double)(cpu - ctx->win_cpu) / ctx->cpu_share - (double)(wall - ctx->win_wall);
+	double owed = (double)(cpu - ctx->win_cpu) / share - (double)(wall - ctx->win_wall);
+	if (owed > 1e9)
+		owed = 1e9; /* look at the share again within a second */
 	if (owed > 1e6) {
 		struct timespec ts = { (time_t)(owed / 1e9), (long)((uint64_t)owed % 1000000000ull) };
 		nanosleep(&ts, NULL);

@@ -119,6 +119,7 @@ MV_API int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out)
 	pthread_cond_init(&h->idle, NULL);
 	pthread_mutex_init(&h->gate.lock, NULL);
 	pthread_mutex_init(&h->device_gate_lock, NULL);
+	atomic_store(&h->cpu_share_ppm, (uint64_t)(h->cfg.cpu_share * 1e6 + 0.5));
 	pthread_cond_init(&h->gate.done, NULL);
 	err = mv__random(h->secret, sizeof(h->secret));
 	if (err)
@@ -191,11 +192,19 @@ struct worker_arg { struct mv_host *h; unsigned id; };
 
 static void stop_workers(struct mv_host *h);
 
+MV_API int mv_host_set_cpu_share(struct mv_host *h, double cores)
+{
+	if (!h || !(cores > 0 && cores <= 1))
+		return -EINVAL;
+	atomic_store(&h->cpu_share_ppm, (uint64_t)(cores * 1e6 + 0.5));
+	return 0;
+}
+
 static void *worker_main(void *arg)
 {
 	struct mv_scan_ctx ctx = { .h = ((struct worker_arg *)arg)->h,
 	                           .worker = ((struct worker_arg *)arg)->id,
-	                           .cpu_share = ((struct worker_arg *)arg)->h->cfg.cpu_share };
+	                           .cpu_share = 1 /* throttled: the host's share */ };
 	free(arg);
 	while (!atomic_load(&ctx.h->stopping)) {
 		uint64_t t0 = mv__mono_ns();

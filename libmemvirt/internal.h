@@ -121,6 +121,7 @@ struct mv_host {
 	unsigned nr_workers;
 	atomic_bool stopping;
 	_Atomic long vma_limit;        /* mappings the scanner may hold */
+	_Atomic uint64_t cpu_share_ppm; /* per worker, in millionths of a core */
 	_Atomic int64_t fault_cpu_ns;
 	uint64_t vma_checked_ns;       /* last auto-budget refresh */
 	struct mv_counters c;

@@ -76,6 +76,10 @@ int mv_host_stop(struct mv_host *host);
  */
 int mv_host_scan(struct mv_host *host, unsigned passes);
 
+/* Change the CPU budget of each background worker at run time (the policy engine
+ * steers it). 0 < cores <= 1, else -EINVAL. Any thread; workers see it within a second. */
+int mv_host_set_cpu_share(struct mv_host *host, double cores);
+
 /* Counters, for a VM (mv_vm_stats), a trust domain or the whole host. */
 struct mv_scan_stats {
 	uint64_t pages_scanned;       /* pages hashed (first look or after a write) */
