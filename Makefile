@@ -67,6 +67,7 @@ help:
 	@echo "make run        build and run the main job (memvirt bench scan --profile scattered)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
+	@echo "make fuzz       fuzz the balloon device as a hostile guest (clang, FUZZ_TIME=180 s)"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
 
 deps:
@@ -165,5 +166,7 @@ uninstall:
 
 clean:
 	rm -rf build
+
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
