@@ -64,7 +64,7 @@ help:
 	@echo "make            build library (.so, .a), memvirt.pc and the memvirt CLI into build/"
 	@echo "make deps       install missing Debian packages: $(DEBS)"
 	@echo "make test       build and run every test (TEST=name runs one binary)"
-	@echo "make run        build and run the main job (memvirt bench scan --profile scattered)"
+	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
 	@echo "make fuzz       fuzz the balloon device as a hostile guest (clang, FUZZ_TIME=180 s)"
@@ -141,8 +141,7 @@ test: deps
 
 run: deps
 	$(Q)$(MAKE) --no-print-directory all
-	$(Q)if [ "$$(id -u)" = 0 ]; then $(B)/memvirt bench scan --profile scattered --vs-ksm; \
-	else echo "(not root: kernel KSM comparison skipped)"; $(B)/memvirt bench scan --profile scattered; fi
+	$(Q)$(B)/memvirt density --out $(B)/density
 
 asan:
 	$(Q)$(MAKE) --no-print-directory SAN=asan test

@@ -31,5 +31,7 @@ void bench_guests_free(const struct bench_profile *p, struct bench_guest *g);
 /* `memvirt bench scan ...` and `memvirt bench balloon ...`; return the exit status. */
 int bench_scan_main(int argc, char **argv);
 int bench_balloon_main(int argc, char **argv);
+/* `memvirt density ...` */
+int density_main(int argc, char **argv);
 
 #endif

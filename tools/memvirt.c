@@ -1,7 +1,9 @@
-/* memvirt.c - the memvirt command line: benchmarks now, density and explain later. */
+/* memvirt.c - the memvirt command line: density, explain, benchmarks. */
 #include "../bench/bench.h"
 
+#include <errno.h>
 #include <memvirt/memvirt.h>
+#include <memvirt/policy.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -9,11 +11,34 @@ static void usage(FILE *f)
 {
 	fprintf(f, "usage: memvirt <command> [options]\n\n"
 	        "commands:\n"
+	        "  density [--profile P] [--budget-mib N] [--json]  guests that fit, per configuration\n"
+	        "  explain [FILE...]                                policy decision log for people\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
 	        "  version                                          library version\n"
 	        "  help                                             this text\n"
-	        "\n`memvirt bench scan --help` lists the profiles.\n");
+	        "\n`memvirt density --help`, `memvirt bench scan --help` for their options.\n");
+}
+
+/* Render decision logs (JSON lines) from files, or stdin, for people. */
+static int explain_main(int argc, char **argv)
+{
+	if (argc < 2)
+		return mv_policy_explain(stdin, stdout) ? 1 : 0;
+	int bad = 0;
+	for (int i = 1; i < argc; i++) {
+		FILE *f = fopen(argv[i], "r");
+		if (!f) {
+			fprintf(stderr, "memvirt explain: %s: %s\n", argv[i], strerror(errno));
+			bad = 1;
+			continue;
+		}
+		if (argc > 2)
+			printf("== %s\n", argv[i]);
+		bad |= mv_policy_explain(f, stdout) != 0;
+		fclose(f);
+	}
+	return bad;
 }
 
 int main(int argc, char **argv)
@@ -26,6 +51,10 @@ int main(int argc, char **argv)
 		printf("memvirt %s\n", mv_version());
 		return 0;
 	}
+	if (!strcmp(argv[1], "density"))
+		return density_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "explain"))
+		return explain_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "scan"))
 		return bench_scan_main(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "balloon"))

@@ -1,0 +1,56 @@
+/* density.h - `memvirt density`: options, per-configuration results, the run and its report. */
+#ifndef MEMVIRT_BENCH_DENSITY_H
+#define MEMVIRT_BENCH_DENSITY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <memvirt/memvirt.h>
+#include <memvirt/policy.h>
+#include "workload.h"
+
+#define DENSITY_MAX_GUESTS 64
+
+enum density_config { DC_NONE, DC_BALLOON, DC_SHARING, DC_BOTH, DC_KSM, DC_NR };
+extern const char *const density_config_names[DC_NR];
+
+struct density_opts {
+	const struct mvw_profile *profile;
+	double scale;              /* guest size factor on the profile's RAM */
+	uint64_t budget_mib;       /* host memory the guests must fit in */
+	unsigned floor_pct;        /* the engine keeps this much of the budget free */
+	unsigned guest_floor_pct;  /* the balloon never takes a guest below this much free */
+	unsigned max_guests;
+	unsigned period_ms;        /* engine tick while settling */
+	double settle_max_s;       /* per added guest */
+	bool configs[DC_NR];
+	const char *policy_file;   /* NULL: the built-in policy */
+	const char *out_dir;       /* CSV, PNG, decision logs */
+	const char *log_dir;       /* = out_dir, or NULL for no decision logs */
+	bool json, quiet;
+};
+
+enum density_stop { DS_BUDGET, DS_OOM, DS_ERROR, DS_MAX };
+
+struct density_result {
+	bool ran;
+	unsigned guests;           /* fitted */
+	double host_mib;           /* PSS with `guests` guests, settled */
+	double balloon_mib, sharing_mib, zero_mib; /* savings by source at that point */
+	double cpu_s;              /* scanner (or ksmd) CPU, whole run */
+	uint64_t guest_ooms, mismatches;
+	double wall_s;
+	unsigned steps;            /* guests added, the one that did not fit included */
+	double series[DENSITY_MAX_GUESTS]; /* PSS after each added guest */
+	enum density_stop stop;
+	char why[160];             /* error text */
+	uint64_t ksmd_ns0;         /* child only */
+	FILE *log;                 /* child only: decision records */
+};
+
+/* Run one configuration in a child process. 0 or -errno (fork, pipe, lost child). */
+int density_run_one(const struct density_opts *o, enum density_config c, struct density_result *out);
+/* The decision log of configuration c in log_dir (opened for writing), or NULL. */
+FILE *density_log_open(const struct density_opts *o, enum density_config c);
+
+#endif

@@ -1,0 +1,229 @@
+/* density_cli.c - `memvirt density` options and report: table, CSV, PNG (gnuplot), JSON. */
+#include "bench.h"
+#include "density.h"
+#include "ksmctl.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *const stop_names[] = { "budget", "guest OOM", "error", "max guests" };
+
+FILE *density_log_open(const struct density_opts *o, enum density_config c)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/decisions-%s.jsonl", o->log_dir, density_config_names[c]);
+	return fopen(path, "w");
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: memvirt density [options]\n"
+	        "  Add simulated guests one at a time until host memory (PSS) would exceed the\n"
+	        "  budget or a guest runs out of memory, for each configuration side by side.\n"
+	        "  --profile P        idle (default), web, db, clones\n"
+	        "  --budget-mib N     host memory budget (default 2048)\n"
+	        "  --scale X          guest size factor on the profile's (default 0.5)\n"
+	        "  --configs LIST     of none,balloon,sharing,both,ksm (default all; ksm needs root)\n"
+	        "  --max-guests N     stop there (default %d)\n"
+	        "  --policy FILE      policy engine configuration (INI, see policy/README.md)\n"
+	        "  --out DIR          density.csv, density.png and decision logs (default memvirt-density)\n"
+	        "  --json             one JSON object on stdout instead of the table\n",
+	        DENSITY_MAX_GUESTS);
+}
+
+static int parse_configs(const char *list, bool *on)
+{
+	memset(on, 0, DC_NR * sizeof(*on));
+	char *copy = strdup(list), *save = NULL;
+	int err = 0;
+	for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int k = 0;
+		while (k < DC_NR && strcmp(t, density_config_names[k]))
+			k++;
+		if (k == DC_NR) {
+			fprintf(stderr, "memvirt density: unknown configuration '%s'\n", t);
+			err = -EINVAL;
+		} else {
+			on[k] = true;
+		}
+	}
+	free(copy);
+	return err;
+}
+
+static int parse(int argc, char **argv, struct density_opts *o)
+{
+	static const struct option opts[] = {
+		{ "profile", required_argument, NULL, 'p' }, { "budget-mib", required_argument, NULL, 'b' },
+		{ "scale", required_argument, NULL, 's' }, { "configs", required_argument, NULL, 'c' },
+		{ "max-guests", required_argument, NULL, 'm' }, { "policy", required_argument, NULL, 'P' },
+		{ "out", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' }, { 0 } };
+	const char *profile = "idle", *configs = "none,balloon,sharing,both,ksm";
+	int c;
+	while ((c = getopt_long(argc, argv, "p:b:s:c:m:P:o:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'p': profile = optarg; break;
+		case 'b': o->budget_mib = strtoull(optarg, NULL, 10); break;
+		case 's': o->scale = atof(optarg); break;
+		case 'c': configs = optarg; break;
+		case 'm': o->max_guests = (unsigned)atoi(optarg); break;
+		case 'P': o->policy_file = optarg; break;
+		case 'o': o->out_dir = optarg; break;
+		case 'j': o->json = o->quiet = true; break;
+		case 'h': usage(stdout); exit(0);
+		default: usage(stderr); return -EINVAL;
+		}
+	}
+	if (!(o->profile = mvw_profile_find(profile))) {
+		fprintf(stderr, "memvirt density: unknown profile '%s' (idle, web, db, clones)\n", profile);
+		return -EINVAL;
+	}
+	if (o->budget_mib < 64 || !(o->scale > 0 && o->scale <= 4) || !o->max_guests ||
+	    o->max_guests > DENSITY_MAX_GUESTS) {
+		fprintf(stderr, "memvirt density: need --budget-mib >= 64, 0 < --scale <= 4, "
+		        "1 <= --max-guests <= %d\n", DENSITY_MAX_GUESTS);
+		return -EINVAL;
+	}
+	return parse_configs(configs, o->configs);
+}
+
+static void write_csv(const struct density_opts *o, const struct density_result *r)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/density.csv", o->out_dir);
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return;
+	fprintf(f, "config,guests,host_mib,fits\n");
+	for (int c = 0; c < DC_NR; c++)
+		for (unsigned i = 0; r[c].ran && i < r[c].steps; i++)
+			fprintf(f, "%s,%u,%.1f,%d\n", density_config_names[c], i + 1, r[c].series[i],
+			        i < r[c].guests);
+	fclose(f);
+}
+
+/* Host memory against guests, one line per configuration, the budget as a bar. */
+static void write_png(const struct density_opts *o, const struct density_result *r)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "gnuplot 2>/dev/null");
+	FILE *g = popen(cmd, "w");
+	if (!g)
+		return;
+	fprintf(g, "set terminal pngcairo size 900,560\nset output '%s/density.png'\n"
+	        "set title 'memvirt density: %s guests (x%.2g) in %llu MiB'\n"
+	        "set xlabel 'guests'\nset ylabel 'host memory, PSS (MiB)'\nset key left top\n"
+	        "set grid\nset datafile separator ','\n",
+	        o->out_dir, o->profile->name, o->scale, (unsigned long long)o->budget_mib);
+	fprintf(g, "plot %llu with lines dt 2 lw 2 lc 'black' title 'budget'",
+	        (unsigned long long)o->budget_mib);
+	for (int c = 0; c < DC_NR; c++)
+		if (r[c].ran)
+			fprintf(g, ", '%s/density.csv' using ($2):(strcol(1) eq '%s' ? $3 : NaN) "
+			        "with linespoints lw 2 title '%s'", o->out_dir, density_config_names[c],
+			        density_config_names[c]);
+	fprintf(g, "\n");
+	pclose(g);
+}
+
+static void print_table(const struct density_opts *o, const struct density_result *r)
+{
+	printf("\n%s guests (%.0f MiB each), host budget %llu MiB\n\n", o->profile->name,
+	       (double)o->profile->ram_bytes * o->scale / (1 << 20), (unsigned long long)o->budget_mib);
+	printf("%-8s %6s %9s %9s %9s %9s %7s %5s %10s  %s\n", "config", "guests", "host MiB",
+	       "balloon", "shared", "zero", "CPU s", "OOMs", "mismatches", "stopped by");
+	for (int c = 0; c < DC_NR; c++) {
+		const struct density_result *x = &r[c];
+		if (!x->ran)
+			continue;
+		printf("%-8s %6u %9.0f %9.0f %9.0f %9.0f %7.2f %5llu %10llu  %s%s%s\n",
+		       density_config_names[c], x->guests, x->host_mib, x->balloon_mib, x->sharing_mib,
+		       x->zero_mib, x->cpu_s, (unsigned long long)x->guest_ooms,
+		       (unsigned long long)x->mismatches, stop_names[x->stop], x->why[0] ? ": " : "", x->why);
+	}
+	if (r[DC_NONE].ran && r[DC_NONE].guests && r[DC_BOTH].ran)
+		printf("\nboth / none: %.2fx", (double)r[DC_BOTH].guests / r[DC_NONE].guests);
+	if (r[DC_KSM].ran && r[DC_KSM].guests && r[DC_BOTH].ran)
+		printf("   both / ksm: %.2fx", (double)r[DC_BOTH].guests / r[DC_KSM].guests);
+	printf("\nwrote %s/density.csv, %s/density.png and decisions-*.jsonl (memvirt explain)\n",
+	       o->out_dir, o->out_dir);
+}
+
+static void print_json(const struct density_opts *o, const struct density_result *r)
+{
+	json_object *root = json_object_new_object(), *cs = json_object_new_object();
+	json_object_object_add(root, "profile", json_object_new_string(o->profile->name));
+	json_object_object_add(root, "budget_mib", json_object_new_int64((int64_t)o->budget_mib));
+	json_object_object_add(root, "scale", json_object_new_double(o->scale));
+	for (int c = 0; c < DC_NR; c++) {
+		const struct density_result *x = &r[c];
+		if (!x->ran)
+			continue;
+		json_object *j = json_object_new_object();
+		json_object_object_add(j, "guests", json_object_new_int(x->guests));
+		json_object_object_add(j, "host_mib", json_object_new_double(x->host_mib));
+		json_object_object_add(j, "guest_ooms", json_object_new_int64((int64_t)x->guest_ooms));
+		json_object_object_add(j, "mismatches", json_object_new_int64((int64_t)x->mismatches));
+		json_object_object_add(j, "cpu_s", json_object_new_double(x->cpu_s));
+		json_object_object_add(j, "balloon_mib", json_object_new_double(x->balloon_mib));
+		json_object_object_add(j, "shared_mib", json_object_new_double(x->sharing_mib));
+		json_object_object_add(j, "zero_mib", json_object_new_double(x->zero_mib));
+		json_object_object_add(j, "wall_s", json_object_new_double(x->wall_s));
+		json_object_object_add(j, "stopped_by", json_object_new_string(stop_names[x->stop]));
+		if (x->why[0])
+			json_object_object_add(j, "error", json_object_new_string(x->why));
+		json_object_object_add(cs, density_config_names[c], j);
+	}
+	json_object_object_add(root, "configs", cs);
+	if (r[DC_NONE].ran && r[DC_NONE].guests && r[DC_BOTH].ran)
+		json_object_object_add(root, "both_vs_none", json_object_new_double((double)r[DC_BOTH].guests / r[DC_NONE].guests));
+	if (r[DC_KSM].ran && r[DC_KSM].guests && r[DC_BOTH].ran)
+		json_object_object_add(root, "both_vs_ksm", json_object_new_double((double)r[DC_BOTH].guests / r[DC_KSM].guests));
+	printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY));
+	json_object_put(root);
+}
+
+int density_main(int argc, char **argv)
+{
+	struct density_opts o = { .scale = 0.5, .budget_mib = 2048, .floor_pct = 5, .guest_floor_pct = 5,
+	                          .max_guests = 40, .period_ms = 250, .settle_max_s = 20,
+	                          .out_dir = "memvirt-density" };
+	if (parse(argc, argv, &o))
+		return 2;
+	if (o.configs[DC_KSM] && !kc_ksm_available()) {
+		fprintf(stderr, "memvirt density: kernel KSM comparison skipped (needs root and %s)\n", KC_KSM_DIR);
+		o.configs[DC_KSM] = false;
+	}
+	if (mkdir(o.out_dir, 0755) && errno != EEXIST) {
+		fprintf(stderr, "memvirt density: %s: %s\n", o.out_dir, strerror(errno));
+		return 1;
+	}
+	o.log_dir = o.out_dir;
+	struct density_result r[DC_NR] = { 0 };
+	int failed = 0;
+	for (int c = 0; c < DC_NR; c++) {
+		if (!o.configs[c])
+			continue;
+		if (!o.quiet)
+			fprintf(stderr, "%s ...\n", density_config_names[c]);
+		int err = density_run_one(&o, c, &r[c]);
+		r[c].ran = !err;
+		failed |= err || r[c].stop == DS_ERROR || r[c].mismatches;
+		if (err)
+			fprintf(stderr, "memvirt density: %s: %s\n", density_config_names[c], mv_strerror(err));
+	}
+	write_csv(&o, r);
+	write_png(&o, r);
+	if (o.json)
+		print_json(&o, r);
+	else
+		print_table(&o, r);
+	return failed ? 1 : 0;
+}
