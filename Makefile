@@ -136,7 +136,7 @@ headers:
 
 test: deps
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
-	$(Q)$(MAKE) --no-print-directory check-exports check-freestanding headers
+	$(Q)$(MAKE) --no-print-directory check-exports $(if $(SAN),,check-freestanding) headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
 
 run: deps

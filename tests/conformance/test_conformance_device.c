@@ -107,16 +107,21 @@ static void needs_reset_notifies(void **state)
 
 static void quiet_after_reset(void **state)
 {
-	up(0);
+	up(F(STATS_VQ) | F(FREE_PAGE_HINT));
+	send_stats(q_stats(), (uint16_t[]){ MV_BSTAT_MEMFREE }, (uint64_t[]){ 1 }, 1);
 	wr(MMIO_STATUS, 0);
-	unsigned cfg = E.cfg_irqs, q0 = E.q_irqs[0];
+	unsigned cfg = E.cfg_irqs, q0 = E.q_irqs[0], q2 = E.q_irqs[q_stats()];
 	uint32_t pfn = DATA / PG;
 	send_pfns(0, &pfn, 1);
 	assert_int_equal(mv_balloon_set_target(E.b, 8 * PG), 0);
+	mv_balloon_stats_request(E.b); /* the buffer held before the reset is gone */
+	mv_balloon_hint_start(E.b);
 	assert_int_equal(used_idx(0), 0);
+	assert_int_equal(used_idx(q_stats()), 0);
 	assert_int_equal(info().held_bytes, 0);
 	assert_int_equal(E.cfg_irqs, cfg);
 	assert_int_equal(E.q_irqs[0], q0);
+	assert_int_equal(E.q_irqs[q_stats()], q2);
 }
 
 static void config_readable_before_features_ok(void **state)

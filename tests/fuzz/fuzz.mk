@@ -44,8 +44,12 @@ fuzz-build: fuzz-deps
 
 fuzz: fuzz-build
 	$(Q)mkdir -p $(FUZZ_B)/corpus $(FUZZ_B)/artifacts
-	$(Q)cp -n tests/fuzz/corpus/* $(FUZZ_B)/corpus/ 2>/dev/null || true
+	$(Q)cp tests/fuzz/corpus/* $(FUZZ_B)/corpus/
 	$(Q)$(FUZZ_B)/fuzz_balloon -max_total_time=$(FUZZ_TIME) -artifact_prefix=$(FUZZ_B)/artifacts/ \
 		-print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_B)/corpus
 
 -include $(wildcard $(FUZZ_B)/obj/*/*.d)
+
+# The test binaries include these sources: rebuild them when they change.
+$(B)/tests/fuzz/test_fuzz_regressions: tests/fuzz/fuzz_balloon.c
+$(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/conformance/test_*.c)): $(wildcard tests/conformance/*.h)

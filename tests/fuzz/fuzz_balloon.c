@@ -31,10 +31,16 @@
  *  13 ACTUAL      val:u32                      (the driver writes `actual`)
  *
  * After every operation mv_balloon_info() must stay consistent (held memory within
- * RAM, counters ordered, only offered features negotiated, ...). Built with libFuzzer
- * by `make fuzz` (tests/fuzz/fuzz.mk); tests/fuzz/test_fuzz_regressions.c includes this
- * file (with MV_FUZZ_NO_MAIN) to replay the corpus and every regression in `make test`.
- * tests/fuzz/gen_corpus.py writes the seed corpus in this format.
+ * RAM, counters ordered, only offered features negotiated, ...). At the end of an input,
+ * once the device is freed, guest memory is compared with a shadow of every byte the
+ * program wrote: a page the program never named in an inflate, a hint or a report must
+ * read exactly as written (the device dropped nothing else, and wrote nothing there).
+ * Programs whose ring traffic the harness cannot follow (PUSH, raw MMIO writes, TRANSPORT,
+ * writes into the ring and buffer area below FZ_SCRATCH_END) turn that check off.
+ *
+ * Built with libFuzzer by `make fuzz` (tests/fuzz/fuzz.mk); tests/fuzz/test_fuzz_regressions.c
+ * includes this file (with MV_FUZZ_NO_MAIN) to replay the corpus and every regression in
+ * `make test`. tests/fuzz/gen_corpus.py writes the seed corpus in this format.
  */
 #include <memvirt/memvirt.h>
 #include <memvirt/balloon.h>
@@ -86,7 +92,15 @@ static struct fz {
 	struct mv_balloon *b;
 	uint64_t offered, neg, clock, scratch;
 	struct fz_vq q[8];
+	/* the content oracle */
+	uint8_t *shadow;                  /* FZ_RAM bytes: what the program wrote */
+	uint8_t pflag[FZ_RAM / FZ_PG];    /* FZ_NAMED: the device may have dropped the page */
+	uint16_t dirty[FZ_RAM / FZ_PG];   /* shadow pages to clear for the next input */
+	unsigned n_dirty;
+	bool oracle;                      /* the program stayed followable */
 } F;
+
+enum { FZ_NAMED = 1, FZ_DIRTY = 2 };
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -140,6 +154,36 @@ static void fz_put(uint64_t gpa, uint64_t v, unsigned bytes)
 	uint8_t *p = fz_hva(gpa, bytes);
 	for (unsigned i = 0; p && i < bytes; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Index of the RAM page holding gpa (gpa in RAM). */
+static unsigned fz_page(uint64_t gpa)
+{
+	uint64_t off = gpa >= FZ_R1_GPA ? FZ_R0_SIZE + (gpa - FZ_R1_GPA) : gpa - FZ_R0_GPA;
+	return (unsigned)(off / FZ_PG);
+}
+
+/* The program named pages [gpa, gpa+len) in an inflate, hint or report: their content is
+ * the device's to drop from now on. */
+static void fz_named(uint64_t gpa, uint64_t len)
+{
+	for (uint64_t a = gpa & ~(uint64_t)(FZ_PG - 1); a < gpa + len; a += FZ_PG)
+		if (fz_hva(a, FZ_PG))
+			F.pflag[fz_page(a)] |= FZ_NAMED;
+}
+
+/* The program writes guest memory: RAM, and the shadow the oracle compares with. */
+static void fz_write(uint64_t gpa, uint8_t byte)
+{
+	uint8_t *p = fz_hva(gpa, 1);
+	if (!p)
+		return;
+	*p = byte;
+	unsigned pg = fz_page(gpa);
+	if (!(F.pflag[pg] & FZ_DIRTY))
+		F.dirty[F.n_dirty++] = (uint16_t)pg;
+	F.pflag[pg] |= FZ_DIRTY;
+	F.shadow[(uint64_t)pg * FZ_PG + gpa % FZ_PG] = byte;
 }
 
 static uint64_t fz_scratch(size_t len)
@@ -226,10 +270,12 @@ static void op_mem_write(struct fz_in *in)
 	uint64_t gpa = fz_fold(U32(in));
 	unsigned n = U8(in);
 	uint64_t end = gpa < FZ_R1_GPA ? FZ_R0_GPA + FZ_R0_SIZE : FZ_R1_GPA + FZ_R1_SIZE;
+	if (gpa < FZ_SCRATCH_END)
+		F.oracle = false; /* rings and buffers: the device may read anything there */
 	for (unsigned i = 0; i < n && in->n; i++) {
 		uint8_t byte = U8(in);
 		if (gpa + i < end)
-			*fz_hva(gpa + i, 1) = byte;
+			fz_write(gpa + i, byte);
 	}
 }
 
@@ -261,6 +307,8 @@ static void op_setup(struct fz_in *in)
 	fz_wr(0x070, 11);
 	F.neg = fz_rd(0x070) & 8 ? f : 0;
 	unsigned nq = flags & 0x40 ? 5 : fz_qnum(5);
+	if (flags & 0x40)
+		F.oracle = false;
 	uint16_t num = (uint16_t)(2u << (flags & 7));
 	memset(F.q, 0, sizeof(F.q));
 	for (unsigned q = 0; q < nq; q++) {
@@ -343,6 +391,7 @@ static void op_pfns(struct fz_in *in)
 			pfn = (uint32_t)(fz_fold((uint32_t)(page * FZ_PG)) / FZ_PG);
 		}
 		fz_put(a + 4ull * i, pfn, 4);
+		fz_named((uint64_t)pfn * FZ_PG, FZ_PG); /* deflate too: inflated earlier, maybe */
 	}
 	fz_push(q, &(struct fz_desc){ a, 4 * n, mode & 2 ? 2 : 0, UINT16_MAX }, 1);
 	fz_kick(q);
@@ -371,6 +420,7 @@ static void op_hint(struct fz_in *in)
 	for (unsigned i = 0; i < n; i++) {
 		uint64_t gpa = fz_fold(U32(in)) & ~(uint64_t)(FZ_PG - 1);
 		uint32_t len = (1u + U8(in)) * FZ_PG;
+		fz_named(gpa, len);
 		fz_push(q, &(struct fz_desc){ gpa, len, 2, UINT16_MAX }, 1);
 	}
 	fz_kick(q);
@@ -383,6 +433,7 @@ static void op_report(struct fz_in *in)
 	for (unsigned i = 0; i < n; i++) {
 		uint64_t gpa = fz_fold(U32(in)) & ~(uint64_t)(FZ_PG - 1);
 		d[i] = (struct fz_desc){ gpa, (1u + U16(in)) * FZ_PG, 2, UINT16_MAX };
+		fz_named(gpa, d[i].len);
 	}
 	fz_push(q, d, n);
 	fz_kick(q);
@@ -426,7 +477,10 @@ static void op_transport(struct fz_in *in)
 
 static void fz_op(struct fz_in *in)
 {
-	switch (U8(in) % OP_NR) {
+	unsigned op = U8(in) % OP_NR;
+	if (op == OP_MMIO_WRITE || op == OP_PUSH || op == OP_TRANSPORT)
+		F.oracle = false;
+	switch (op) {
 	case OP_MMIO_WRITE: op_mmio(in, true); break;
 	case OP_MMIO_READ: op_mmio(in, false); break;
 	case OP_MEM_WRITE: op_mem_write(in); break;
@@ -442,6 +496,24 @@ static void fz_op(struct fz_in *in)
 	case OP_TRANSPORT: op_transport(in); break;
 	case OP_ACTUAL: fz_wr(0x104, U32(in)); break;
 	}
+}
+
+/* Every page the device had no word to drop holds what the program wrote. */
+static void fz_check_content(void)
+{
+	for (unsigned pg = (unsigned)(FZ_SCRATCH_END / FZ_PG); F.oracle && pg < FZ_RAM / FZ_PG; pg++) {
+		if (F.pflag[pg] & FZ_NAMED)
+			continue;
+		uint64_t gpa = pg < FZ_R0_SIZE / FZ_PG ? FZ_R0_GPA + (uint64_t)pg * FZ_PG
+		                                       : FZ_R1_GPA + (uint64_t)pg * FZ_PG - FZ_R0_SIZE;
+		if (memcmp(fz_hva(gpa, FZ_PG), F.shadow + (uint64_t)pg * FZ_PG, FZ_PG))
+			FZ_FAIL("page at gpa %#llx lost what the guest wrote (flags %#x)",
+			        (unsigned long long)gpa, F.pflag[pg]);
+	}
+	for (unsigned i = 0; i < F.n_dirty; i++)
+		memset(F.shadow + (uint64_t)F.dirty[i] * FZ_PG, 0, FZ_PG);
+	F.n_dirty = 0;
+	memset(F.pflag, 0, sizeof(F.pflag));
 }
 
 /* What the input did to the device (MV_FUZZ_VERBOSE=1: for checking seeds). */
@@ -489,7 +561,9 @@ static int fz_init(void)
 	struct mv_vm_config vc;
 	mv_vm_config_init(&vc);
 	vc.name = "fuzz";
-	if (mv_vm_new(F.h, &vc, &F.vm) || fz_map(0, FZ_R0_SIZE, true) || fz_map(1, FZ_R1_SIZE, false) ||
+	F.shadow = calloc(1, FZ_RAM);
+	if (!F.shadow || mv_vm_new(F.h, &vc, &F.vm) || fz_map(0, FZ_R0_SIZE, true) ||
+	    fz_map(1, FZ_R1_SIZE, false) ||
 	    mv_vm_region_add(F.vm, 0, FZ_R0_GPA, F.ram[0], FZ_R0_SIZE, 0) ||
 	    mv_vm_region_add(F.vm, 1, FZ_R1_GPA, F.ram[1], FZ_R1_SIZE, 0))
 		return -1;
@@ -521,6 +595,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	F.clock = 1000000000ull;
 	F.neg = 0;
 	F.scratch = FZ_SCRATCH;
+	F.oracle = true;
 	memset(F.q, 0, sizeof(F.q));
 	FZ_CHECK(mv_balloon_new(F.vm, &c, &F.b) == 0);
 	while (in.n) {
@@ -531,6 +606,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fz_print();
 	mv_balloon_free(F.b);
 	F.b = NULL;
+	fz_check_content();
 	madvise(F.ram[0], FZ_R0_SIZE, MADV_DONTNEED);
 	madvise(F.ram[1], FZ_R1_SIZE, MADV_DONTNEED);
 	return 0;

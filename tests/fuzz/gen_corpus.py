@@ -150,6 +150,12 @@ SEEDS = {
         + hint(1) + admin('hint_stop'),
     'avail_head_out_of_range': u8(ALL) + setup(0) + pfns(0, [5]) + mem(0x1000 + 16 * 64 + 4 + 2, u16(999))
         + mem(0x1000 + 16 * 64 + 2, u16(2)) + notify(0),
+    'neighbours_kept': u8(ALL) + mem(0x1ff000, b'below') + mem(0x210000, b'above') + mem(RAM0 - 8, b'r0 end!!')
+        + mem(RAM0, b'r1 start') + mem(RAM0 + 0x8000, b'r1 next') + mem(0x0a0000, b'lowdata')
+        + mem(0x201000, b'reported') + mem(RAM0 + 0x1000, b'inflated') + mem(RAM0 + 0x7000, b'hinted')
+        + setup(F_REPORT | F_HINT | F_MTH) + report([(0x200000, 16)]) + pfns(0, [RAM0 // 4096 + 1, 0x9f])
+        + admin('hint_start') + hint(0, [(RAM0 + 0x7000, 1)]) + hint(1) + admin('hint_stop')
+        + pfns(1, [0x9f]) + mem(0x9f000, b'reused'),
     'reset_midway': u8(ALL) + setup(F_MTH) + pfns(0, range(100, 132)) + transport(1, u8(0))
         + pfns(0, range(140, 150)) + setup(F_MTH) + pfns(1, range(100, 132)),
 }
