@@ -32,5 +32,6 @@ const char *mv_version(void);
 
 #include <memvirt/host.h>
 #include <memvirt/vm.h>
+#include <memvirt/policy.h>
 
 #endif
