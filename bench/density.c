@@ -32,11 +32,6 @@
 
 const char *const density_config_names[DC_NR] = { "none", "balloon", "sharing", "both", "ksm" };
 
-/* The policy the run gives the engine unless --policy names a file. */
-static const char default_policy[] =
-	"[host]\n"
-	"goal = floor\n"
-	"floor_mib = %llu\n";
 
 static double now_s(void)
 {
@@ -79,6 +74,32 @@ static void write_meminfo(struct run *r, double pss)
 	fclose(f);
 }
 
+static uint64_t guest_ram(const struct density_opts *o)
+{
+	return (uint64_t)((double)o->profile->ram_bytes * o->scale);
+}
+
+/* The policy the run gives the engine unless --policy names a file: keep floor_pct of
+ * the budget free, tick as often as the run does, let every guest's balloon go down to
+ * the guest's own floor, and keep the scanner between a quarter and a whole core (the
+ * run measures capacity: a new guest must be looked at within the settling time). */
+static char *default_policy(struct run *r)
+{
+	const struct density_opts *o = r->o;
+	uint64_t floor = o->budget_mib * o->floor_pct / 100, min = guest_ram(o) * o->guest_floor_pct / 100 / MIB;
+	size_t len = 512 + (size_t)o->max_guests * 64;
+	char *t = malloc(len);
+	if (!t)
+		return NULL;
+	int n = snprintf(t, len, "[host]\ngoal = floor\nfloor_mib = %llu\nband_mib = %llu\nperiod_ms = %u\n"
+	                 "scanner_min_cpu = 0.25\nscanner_cpu = 0.5\nscanner_max_cpu = 1\n",
+	                 (unsigned long long)floor, (unsigned long long)(floor > 1 ? floor : 1), o->period_ms);
+	for (unsigned i = 1; i <= o->max_guests; i++)
+		n += snprintf(t + n, len - (size_t)n, "[vm %s-%02u]\nmin_mib = %llu\n", density_config_names[r->c],
+		              i, (unsigned long long)(min ? min : 1));
+	return t;
+}
+
 static int policy_new(struct run *r)
 {
 	struct mv_policy_config pc;
@@ -89,13 +110,13 @@ static int policy_new(struct run *r)
 	int err = mv_policy_new(&pc, &r->p);
 	if (err)
 		return err;
-	char text[512], msg[256] = "";
+	char msg[256] = "";
 	if (r->o->policy_file) {
 		err = mv_policy_load_file(r->p, r->o->policy_file, msg, sizeof(msg));
 	} else {
-		snprintf(text, sizeof(text), default_policy,
-		         (unsigned long long)(r->o->budget_mib * r->o->floor_pct / 100));
-		err = mv_policy_load_string(r->p, text, msg, sizeof(msg));
+		char *text = default_policy(r);
+		err = text ? mv_policy_load_string(r->p, text, msg, sizeof(msg)) : -ENOMEM;
+		free(text);
 	}
 	if (err)
 		snprintf(r->res->why, sizeof(r->res->why), "policy: %s", msg[0] ? msg : mv_strerror(err));
@@ -146,8 +167,7 @@ static int add_guest(struct run *r)
 	char name[32];
 	snprintf(name, sizeof(name), "%s-%02u", density_config_names[r->c], r->n + 1);
 	wc.name = name;
-	uint64_t ram = (uint64_t)((double)r->o->profile->ram_bytes * (r->o->scale > 0 ? r->o->scale : 1));
-	sc.driver.floor_bytes = ram * r->o->guest_floor_pct / 100;
+	sc.driver.floor_bytes = guest_ram(r->o) * r->o->guest_floor_pct / 100;
 	struct mvw_guest *g;
 	int err = mvw_guest_new(r->h, &wc, &g);
 	if (err)
@@ -172,6 +192,18 @@ static uint64_t scans_done(struct run *r)
 	return st.full_scans;
 }
 
+/* No balloon is on its way to a target. */
+static bool balloons_still(struct run *r)
+{
+	for (unsigned i = 0; uses_balloon(r->c) && i < r->n; i++) {
+		struct mv_balloon_info in;
+		if (!mv_balloon_info(mvg_sim_balloon(mvw_sim(r->g[i])), &in) &&
+		    in.actual_bytes != in.target_bytes && !in.stalled)
+			return false;
+	}
+	return true;
+}
+
 /* Let the system react to the new guest: tick the engine, wait until host memory stops
  * moving and the page-sharing engine made two full passes over everything. */
 static double settle(struct run *r)
@@ -189,7 +221,7 @@ static double settle(struct run *r)
 			mv_policy_tick(r->p, NULL);
 		steady = pss > last * 1.005 || pss < last * 0.995 ? 0 : steady + 1;
 		last = pss;
-		if (steady >= 4 && (!need_scans || scans_done(r) >= scans0 + 2))
+		if (steady >= 4 && balloons_still(r) && (!need_scans || scans_done(r) >= scans0 + 2))
 			break;
 		if (!o->quiet && isatty(2))
 			fprintf(stderr, "\r  %-8s guest %2u: host %7.0f MiB of %llu, settling %4.1f s ",

@@ -27,8 +27,8 @@ static void usage(FILE *f)
 	        "  Add simulated guests one at a time until host memory (PSS) would exceed the\n"
 	        "  budget or a guest runs out of memory, for each configuration side by side.\n"
 	        "  --profile P        idle (default), web, db, clones\n"
-	        "  --budget-mib N     host memory budget (default 2048)\n"
-	        "  --scale X          guest size factor on the profile's (default 0.5)\n"
+	        "  --budget-mib N     host memory budget (default 1024)\n"
+	        "  --scale X          guest size factor on the profile's (default 0.25)\n"
 	        "  --configs LIST     of none,balloon,sharing,both,ksm (default all; ksm needs root)\n"
 	        "  --max-guests N     stop there (default %d)\n"
 	        "  --policy FILE      policy engine configuration (INI, see policy/README.md)\n"
@@ -192,8 +192,8 @@ static void print_json(const struct density_opts *o, const struct density_result
 
 int density_main(int argc, char **argv)
 {
-	struct density_opts o = { .scale = 0.5, .budget_mib = 2048, .floor_pct = 5, .guest_floor_pct = 5,
-	                          .max_guests = 40, .period_ms = 250, .settle_max_s = 20,
+	struct density_opts o = { .scale = 0.25, .budget_mib = 1024, .floor_pct = 5, .guest_floor_pct = 2,
+	                          .max_guests = 40, .period_ms = 250, .settle_max_s = 30,
 	                          .out_dir = "memvirt-density" };
 	if (parse(argc, argv, &o))
 		return 2;
@@ -206,6 +206,14 @@ int density_main(int argc, char **argv)
 		return 1;
 	}
 	o.log_dir = o.out_dir;
+	if (o.configs[DC_SHARING] || o.configs[DC_BOTH]) {
+		/* isolated duplicates (libraries, page cache) need a mapping each */
+		long was = kc_map_count_raise(0), now = kc_map_count_raise(1L << 20);
+		if (now > was && !o.quiet)
+			fprintf(stderr, "raised vm.max_map_count %ld -> %ld for this run (restored on exit)\n", was, now);
+		else if (now < (1L << 20) && !o.quiet)
+			fprintf(stderr, "vm.max_map_count is %ld (not root?): sharing stops at that many mappings\n", now);
+	}
 	struct density_result r[DC_NR] = { 0 };
 	int failed = 0;
 	for (int c = 0; c < DC_NR; c++) {

@@ -755,3 +755,17 @@ int kc_ksm_recheck_cpu(double timeout_s, double *cpu_s_per_pass)
 	*cpu_s_per_pass = (double)(b.cpu - a.cpu) * 1e-9 / (double)(b.full_scans - a.full_scans);
 	return 0;
 }
+
+long kc_map_count_raise(long want)
+{
+	long cur = 65530;
+	FILE *f = fopen("/proc/sys/vm/max_map_count", "re");
+	if (f) {
+		if (fscanf(f, "%ld", &cur) != 1)
+			cur = 65530;
+		fclose(f);
+	}
+	if (cur >= want || kc_setting_set("/proc/sys/vm/max_map_count", want))
+		return cur;
+	return want;
+}

@@ -44,6 +44,10 @@
 int kc_setting_set(const char *path, long value);
 int kc_settings_restore(void);
 
+/* Raise vm.max_map_count to at least `want` through kc_setting_set() (so it is restored
+ * on exit). Returns the limit in force afterwards (the old one if raising failed). */
+long kc_map_count_raise(long want);
+
 /* KSM sysfs. */
 int kc_ksm_available(void);			/* 1 if KC_KSM_DIR/run is writable, else 0 */
 int kc_ksm_read(const char *knob, long *out);	/* numeric knob or counter; -EINVAL if not numeric */

@@ -383,20 +383,12 @@ static void print_table(const struct bench_profile *p, const struct engine_resul
  * run only (restored on exit and Ctrl-C), and say so. */
 static long raise_map_count(const struct bench_profile *p, bool quiet)
 {
-	long cur = 65530;
-	FILE *f = fopen(MAP_COUNT_SYSCTL, "re");
-	if (f) {
-		if (fscanf(f, "%ld", &cur) != 1)
-			cur = 65530;
-		fclose(f);
-	}
 	long want = (long)(p->nr_guests * p->guest_pages) + 65530;
-	if (cur >= want || kc_setting_set(MAP_COUNT_SYSCTL, want))
-		return cur;
-	if (!quiet)
+	long was = kc_map_count_raise(0), now = kc_map_count_raise(want);
+	if (now > was && !quiet)
 		fprintf(stderr, "raised vm.max_map_count %ld -> %ld for this run (restored on exit); "
-		        "the mappings cost ~%d bytes of kernel memory each\n", cur, want, VMA_BYTES);
-	return want;
+		        "the mappings cost ~%d bytes of kernel memory each\n", was, now, VMA_BYTES);
+	return now;
 }
 
 static void usage(void)
