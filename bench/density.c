@@ -5,7 +5,7 @@
  * guests are real hosted guests (sim/): guest RAM registered with a memvirt host, the
  * guest balloon driver talking to the virtio-balloon device, a workload thread writing
  * and tracking every page. After each guest the run settles: the policy engine ticks
- * (it sees a host of `budget` MiB through a meminfo file the run keeps current), the
+ * (it sees a host of `budget` MiB, of which the process's PSS is in use), the
  * scanner works, balloons move, until host memory stops changing. Host memory is the
  * process's PSS from /proc/self/smaps_rollup, measured, never estimated. A guest fits
  * when, settled, PSS stays within the budget and no guest ran out of memory. At the end
@@ -53,7 +53,7 @@ struct run {
 	struct mv_policy *p;
 	struct mvw_guest *g[DENSITY_MAX_GUESTS];
 	unsigned n;
-	char meminfo[64];
+	double pss;                /* MiB, last measured */
 	struct density_result *res;
 };
 
@@ -61,17 +61,14 @@ static bool uses_balloon(enum density_config c) { return c == DC_BALLOON || c ==
 static bool uses_sharing(enum density_config c) { return c == DC_SHARING || c == DC_BOTH; }
 
 /* The engine sees a host of budget MiB: MemTotal the budget, MemAvailable what the
- * process leaves of it. */
-static void write_meminfo(struct run *r, double pss)
+ * process (its PSS at the last look) leaves of it. */
+static int host_inputs(void *opaque, struct mv_policy_host_inputs *h)
 {
-	FILE *f = fopen(r->meminfo, "w");
-	if (!f)
-		return;
-	double avail = (double)r->o->budget_mib - pss;
-	fprintf(f, "MemTotal:       %llu kB\nMemFree:        %llu kB\nMemAvailable:   %llu kB\n",
-	        (unsigned long long)r->o->budget_mib * 1024, (unsigned long long)(avail > 0 ? avail * 1024 : 0),
-	        (unsigned long long)(avail > 0 ? avail * 1024 : 0));
-	fclose(f);
+	struct run *r = opaque;
+	double avail = (double)r->o->budget_mib - r->pss;
+	h->mem_total_bytes = r->o->budget_mib * MIB;
+	h->mem_available_bytes = avail > 0 ? (uint64_t)(avail * MIB) : 0;
+	return 0;
 }
 
 static uint64_t guest_ram(const struct density_opts *o)
@@ -105,7 +102,8 @@ static int policy_new(struct run *r)
 	struct mv_policy_config pc;
 	mv_policy_config_init(&pc);
 	pc.host = uses_sharing(r->c) ? r->h : NULL;
-	pc.meminfo_path = r->meminfo;
+	pc.host_inputs = host_inputs;
+	pc.host_inputs_opaque = r;
 	pc.log_file = r->res->log;
 	int err = mv_policy_new(&pc, &r->p);
 	if (err)
@@ -215,8 +213,7 @@ static double settle(struct run *r)
 	unsigned steady = 0;
 	while (now_s() - t0 < o->settle_max_s) {
 		nanosleep(&(struct timespec){ 0, (long)o->period_ms * 1000000 }, NULL);
-		pss = pss_mib();
-		write_meminfo(r, pss);
+		pss = r->pss = pss_mib();
 		if (r->p)
 			mv_policy_tick(r->p, NULL);
 		steady = pss > last * 1.005 || pss < last * 0.995 ? 0 : steady + 1;
@@ -288,7 +285,6 @@ static void teardown(struct run *r)
 	for (unsigned i = 0; i < r->n; i++)
 		mvw_guest_free(r->g[i]);
 	mv_host_free(r->h);
-	unlink(r->meminfo);
 }
 
 /* The whole run of one configuration, in a child process. */
@@ -296,7 +292,6 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 {
 	struct run r = { .o = o, .c = c, .res = res };
 	res->stop = DS_MAX;
-	snprintf(r.meminfo, sizeof(r.meminfo), "/tmp/memvirt-density-meminfo.%d", (int)getpid());
 	int err = host_new(&r);
 	if (!err && c == DC_KSM) {
 		int pid = kc_ksmd_pid();
