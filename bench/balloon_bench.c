@@ -42,21 +42,6 @@ struct phase_result {
 	char why[160];
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double cpu_s(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 /* Resident bytes of the guest's RAM mappings, in MiB. */
 static double ram_resident_mib(struct mvg_sim *s)
 {
@@ -104,12 +89,12 @@ static int populate_and_layout(struct mvg_sim *s, bool runs)
 /* Wait for the guest's actual to equal target; progress on stderr. */
 static bool wait_actual(struct mvg_sim *s, uint64_t target, double timeout_s, bool quiet)
 {
-	double t0 = now_s(), last = t0;
+	double t0 = bench_now_s(), last = t0;
 	struct mv_balloon_info in;
 	for (;;) {
 		if (mv_balloon_info(mvg_sim_balloon(s), &in) == 0 && in.actual_bytes == target)
 			return true;
-		double t = now_s();
+		double t = bench_now_s();
 		if (t - t0 > timeout_s)
 			return false;
 		if (!quiet && t - last > 0.5) {
@@ -130,7 +115,7 @@ static double limit_gib_s(uint64_t bytes, bool runs)
 	madvise(m, bytes, MADV_NOHUGEPAGE);
 	for (uint64_t off = 0; off < bytes; off += 4096)
 		m[off] = 1;
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	if (runs) {
 		for (uint64_t off = 0; off < bytes; off += 2 * MIB)
 			madvise(m + off, 2 * MIB, MADV_DONTNEED);
@@ -149,7 +134,7 @@ static double limit_gib_s(uint64_t bytes, bool runs)
 		}
 		close(pidfd);
 	}
-	double t = now_s() - t0;
+	double t = bench_now_s() - t0;
 	munmap(m, bytes);
 	return (double)bytes / GIB / t;
 }
@@ -174,20 +159,20 @@ static int run_phase(struct mv_host *h, uint64_t ram, uint64_t target, bool runs
 	}
 	out->rss_before_mib = ram_resident_mib(s);
 
-	double t0 = now_s(), c0 = cpu_s();
+	double t0 = bench_now_s(), c0 = bench_cpu_s();
 	mv_balloon_set_target(mvg_sim_balloon(s), target);
 	out->reached = wait_actual(s, target, 120, quiet);
-	out->inflate_s = now_s() - t0;
-	out->inflate_cpu_s = cpu_s() - c0;
+	out->inflate_s = bench_now_s() - t0;
+	out->inflate_cpu_s = bench_cpu_s() - c0;
 	struct mv_balloon_info in;
 	mv_balloon_info(mvg_sim_balloon(s), &in);
 	out->ballooned_mib = (double)in.held_bytes / MIB;
 	out->rss_after_mib = ram_resident_mib(s);
 
-	t0 = now_s();
+	t0 = bench_now_s();
 	mv_balloon_set_target(mvg_sim_balloon(s), 0);
 	out->deflated = wait_actual(s, 0, 120, quiet);
-	out->deflate_s = now_s() - t0;
+	out->deflate_s = bench_now_s() - t0;
 	out->rss_back_mib = ram_resident_mib(s);
 	if (!quiet)
 		fprintf(stderr, "\r%60s\r", "");

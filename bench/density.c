@@ -15,6 +15,7 @@
  * at pages_to_scan=5000, sleep_millisecs=0, use_zero_pages=1; every knob is restored on
  * exit, error and Ctrl-C (ksmctl.c).
  */
+#include "bench.h"
 #include "density.h"
 #include "ksmctl.h"
 
@@ -32,13 +33,6 @@
 
 const char *const density_config_names[DC_NR] = { "none", "balloon", "sharing", "both", "ksm" };
 
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static double pss_mib(void)
 {
@@ -209,9 +203,9 @@ static double settle(struct run *r)
 	const struct density_opts *o = r->o;
 	uint64_t scans0 = scans_done(r);
 	bool need_scans = uses_sharing(r->c) || r->c == DC_KSM;
-	double t0 = now_s(), pss = pss_mib(), last = pss;
+	double t0 = bench_now_s(), pss = pss_mib(), last = pss;
 	unsigned steady = 0;
-	while (now_s() - t0 < o->settle_max_s) {
+	while (bench_now_s() - t0 < o->settle_max_s) {
 		nanosleep(&(struct timespec){ 0, (long)o->period_ms * 1000000 }, NULL);
 		pss = r->pss = pss_mib();
 		if (r->p)
@@ -223,7 +217,7 @@ static double settle(struct run *r)
 		if (!o->quiet && isatty(2))
 			fprintf(stderr, "\r  %-8s guest %2u: host %7.0f MiB of %llu, settling %4.1f s ",
 			        density_config_names[r->c], r->n, pss, (unsigned long long)o->budget_mib,
-			        now_s() - t0);
+			        bench_now_s() - t0);
 	}
 	return pss;
 }
@@ -301,14 +295,14 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 	}
 	if (!err && (uses_balloon(c) || uses_sharing(c)))
 		err = policy_new(&r);
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	while (!err && r.n < o->max_guests) {
 		if ((err = add_guest(&r)))
 			break;
-		double t = now_s(), pss = settle(&r);
+		double t = bench_now_s(), pss = settle(&r);
 		if (!o->quiet && !isatty(2))
 			fprintf(stderr, "  %-8s guest %2u: host %7.0f MiB of %llu (settled in %.1f s)\n",
-			        density_config_names[c], r.n, pss, (unsigned long long)o->budget_mib, now_s() - t);
+			        density_config_names[c], r.n, pss, (unsigned long long)o->budget_mib, bench_now_s() - t);
 		res->series[r.n - 1] = pss;
 		res->steps = r.n;
 		if (pss > (double)o->budget_mib || guest_ooms(&r)) {
@@ -321,7 +315,7 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 		snprintf(res->why, sizeof(res->why), "%s", mv_strerror(err));
 	if (err)
 		res->stop = DS_ERROR;
-	res->wall_s = now_s() - t0;
+	res->wall_s = bench_now_s() - t0;
 	res->guest_ooms = guest_ooms(&r);
 	verify_all(&r);
 	teardown(&r);

@@ -42,21 +42,6 @@ struct engine_result {
 	long left_vma_budget;    /* memvirt only */
 };
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double process_cpu_s(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
-
 static double pss_mib(void)
 {
 	long kib = 0;
@@ -137,24 +122,24 @@ static void run_memvirt(const struct bench_profile *p, struct bench_guest *g, st
 		fail_result(r, err, "registering guests");
 		goto out;
 	}
-	double t0 = now_s(), c0 = process_cpu_s();
+	double t0 = bench_now_s(), c0 = bench_cpu_s();
 	struct mv_scan_stats st;
 	long best = 0;
 	for (int pass = 1; pass <= 20; pass++) {
 		mv_host_scan(h, 1);
 		long f = freed(h, &st);
-		fprintf(stderr, "\rmemvirt: pass %d, %ld pages freed, %.2f cpu-s   ", pass, f, process_cpu_s() - c0);
+		fprintf(stderr, "\rmemvirt: pass %d, %ld pages freed, %.2f cpu-s   ", pass, f, bench_cpu_s() - c0);
 		if (f <= best)
 			break;
 		best = f;
 		r->passes = pass;
-		r->wall_s = now_s() - t0;
-		r->cpu_s = process_cpu_s() - c0;
+		r->wall_s = bench_now_s() - t0;
+		r->cpu_s = bench_cpu_s() - c0;
 	}
 	fputc('\n', stderr);
-	double c1 = process_cpu_s();
+	double c1 = bench_cpu_s();
 	mv_host_scan(h, 2);
-	r->recheck_cpu_s_per_gib = (process_cpu_s() - c1) / 2 / profile_gib(p);
+	r->recheck_cpu_s_per_gib = (bench_cpu_s() - c1) / 2 / profile_gib(p);
 	r->pages_freed = freed(h, &st);
 	r->left_vma_budget = (long)st.pages_left_vma_budget;
 	touch_guests(p, g);
