@@ -225,15 +225,22 @@ void mvw_stats(struct mvw_guest *g, struct mvw_stats *out)
 
 /* ---- the page view ---- */
 
-int mvw_page_info(struct mvw_guest *g, uint64_t gpa, struct mvw_page *out)
+/* The descriptor of the held page at gpa: 0, or -ENOENT. */
+static int held_desc(struct mvw_guest *g, uint64_t gpa, uint64_t *d)
 {
 	uint64_t f;
 	if (gpa % MVW_PAGE || mvw__frame(g, gpa, &f))
 		return -ENOENT;
 	pthread_mutex_lock(&g->lock);
-	uint64_t d = g->desc[f];
+	*d = g->desc[f];
 	pthread_mutex_unlock(&g->lock);
-	if (!d)
+	return *d ? 0 : -ENOENT;
+}
+
+int mvw_page_info(struct mvw_guest *g, uint64_t gpa, struct mvw_page *out)
+{
+	uint64_t d;
+	if (held_desc(g, gpa, &d))
 		return -ENOENT;
 	*out = (struct mvw_page){ mvw__d_role(d), mvw__d_image(d), mvw__d_seed(d), mvw__d_version(d) };
 	return 0;
@@ -254,13 +261,8 @@ int mvw_find_page(struct mvw_guest *g, enum mvw_role role, uint64_t n, uint64_t 
 
 int mvw_expected(struct mvw_guest *g, uint64_t gpa, void *buf)
 {
-	uint64_t f;
-	if (gpa % MVW_PAGE || mvw__frame(g, gpa, &f))
-		return -ENOENT;
-	pthread_mutex_lock(&g->lock);
-	uint64_t d = g->desc[f];
-	pthread_mutex_unlock(&g->lock);
-	if (!d)
+	uint64_t d;
+	if (held_desc(g, gpa, &d))
 		return -ENOENT;
 	mvw__write(g, buf, d);
 	return 0;
