@@ -265,24 +265,32 @@ int mv__count_maps(long *out)
 	return e;
 }
 
-/* 1 if every mapping in [addr, addr+len) is private, 0 if one is shared, -errno. */
-int mv__vma_is_private(const void *addr, size_t len)
+/* What the mappings in [addr, addr+len) are: MV_VMA_* bits, or -errno. */
+int mv__vma_kind(const void *addr, size_t len)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
 	if (!f)
 		return -errno;
 	uintptr_t lo = (uintptr_t)addr, hi = lo + len, s, e, covered = lo;
+	unsigned long inode;
 	char perms[8], line[512];
-	int result = 1;
+	int kind = 0, path;
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3 || e <= lo || s >= hi)
+		if (sscanf(line, "%lx-%lx %7s %*s %*s %lu %n", &s, &e, perms, &inode, &path) != 4 ||
+		    e <= lo || s >= hi)
 			continue;
-		if (s > covered || perms[3] != 'p')
-			result = 0;
+		if (s > covered)
+			kind |= MV_VMA_HOLE;
+		if (perms[3] != 'p')
+			kind |= MV_VMA_SHARED;
+		else if (inode || (line[path] != '\n' && line[path] != '[' && line[path] != 0))
+			kind |= MV_VMA_FILE; /* private, but a dropped page reads the file again */
+		if (perms[0] != 'r' || perms[1] != 'w')
+			kind |= MV_VMA_NOT_RW;
 		covered = e;
 	}
 	fclose(f);
-	return covered < hi ? -EFAULT : result;
+	return covered < hi ? kind | MV_VMA_HOLE : kind;
 }
 
 int mv__random(void *buf, size_t len)

@@ -63,7 +63,13 @@ int mv__uffd_open(int *out, bool *shmem, bool *unpopulated); /* sync write-prote
 int mv__memfd_store(const char *name, size_t size, int *out);
 int mv__read_long(const char *path, long *out);
 int mv__count_maps(long *out);               /* lines of /proc/self/maps */
-int mv__vma_is_private(const void *addr, size_t len); /* 1, 0 or -errno */
+/* What backs a range of address space (/proc/self/maps): 0 = private anonymous and
+ * read-write throughout, else MV_VMA_* bits; -errno if maps cannot be read. */
+#define MV_VMA_SHARED 1 /* some of it is MAP_SHARED */
+#define MV_VMA_FILE   2 /* some of it is a private mapping of a file (memfd, tmpfs, hugetlbfs) */
+#define MV_VMA_NOT_RW 4 /* some of it is read-only or PROT_NONE */
+#define MV_VMA_HOLE   8 /* some of it is not mapped */
+int mv__vma_kind(const void *addr, size_t len);
 int mv__random(void *buf, size_t len);
 int mv__numa_node_of(void *opaque, const void *hva);
 unsigned mv__numa_nodes(void);

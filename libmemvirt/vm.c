@@ -294,17 +294,35 @@ static void hva_index_update(struct mv_host *h)
 	pthread_mutex_unlock(&h->lock);
 }
 
-/* Decide whether the region can share pages, and register it for write tracking. */
+/* Why memory of this kind cannot be merged: "" if it can. */
+static const char *unmergeable_why(int kind)
+{
+	if (kind < 0)
+		return "of unknown kind (/proc/self/maps cannot be read)";
+	if (kind & MV_VMA_HOLE)
+		return "not fully mapped";
+	if (kind & MV_VMA_SHARED)
+		return "a shared mapping (MAP_SHARED)";
+	if (kind & MV_VMA_FILE)
+		return "a private mapping of a file (a released page would read the file again)";
+	if (kind & MV_VMA_NOT_RW)
+		return "read-only or inaccessible in part (merging would change its protection)";
+	return "";
+}
+
+/* Decide whether the region can share pages, and register it for write tracking. Only
+ * private anonymous read-write memory can: a page released with MADV_DONTNEED reads as
+ * zero there, and the store mappings that replace its pages are read-write. */
 static void region_arm(struct mv_host *h, struct mv_region *r)
 {
-	int priv = mv__vma_is_private(r->hva, r->size);
-	r->shared = priv == 0;
+	int kind = mv__vma_kind(r->hva, r->size);
+	r->shared = kind >= 0 && (kind & MV_VMA_SHARED) && !(kind & MV_VMA_HOLE);
 	if (r->flags & MV_REGION_NEVER_MERGE)
 		return;
-	if (priv != 1) {
+	if (kind != 0) {
 		mv__log(h, MV_LOG_WARN, "vm %s slot %u: guest RAM is %s; its pages will not be merged "
-		        "(only private anonymous memory can be shared copy-on-write)", r->vm->name,
-		        r->slot, priv == 0 ? "a shared mapping (MAP_SHARED)" : "not fully mapped");
+		        "(only private anonymous read-write memory can be shared copy-on-write)",
+		        r->vm->name, r->slot, unmergeable_why(kind));
 		return;
 	}
 	int err = h->prim->uffd_register_wp(h->uffd, r->hva, r->size);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <memvirt/memvirt.h>
 #include "ksm.h"
 #include "testutil.h"
@@ -421,6 +422,101 @@ static void shared_memory_is_never_merged(void **state)
 	mv_host_free(h);
 }
 
+/* ---- guest RAM that is not plain private anonymous read-write memory ---- */
+
+/* Pages that are all zero inside a MAP_PRIVATE mapping of a file: MADV_DONTNEED would
+ * make them read the file's bytes again, so they must never be released or merged. */
+static void private_file_memory_is_not_merged(void **state)
+{
+	enum { N = 32 };
+	int fd = memfd_create("guest-file", 0);
+	assert_true(fd >= 0);
+	uint8_t page[TPAGE];
+	for (int i = 0; i < N; i++) {
+		tu_fill(page, 77);
+		assert_int_equal(pwrite(fd, page, TPAGE, (off_t)i * TPAGE), TPAGE);
+	}
+	uint8_t *mem = mmap(NULL, N * TPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	assert_true(mem != MAP_FAILED);
+	for (int i = 0; i < N; i++)
+		memset(mem + i * TPAGE, 0, TPAGE); /* private copies, all zero */
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = new_vm(h, "f", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	static const uint8_t zero[TPAGE];
+	size_t bad = 0;
+	for (int i = 0; i < N; i++)
+		bad += memcmp(mem + i * TPAGE, zero, TPAGE) != 0;
+	assert_int_equal(bad, 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_scanned, 0);
+	mv_vm_free(vm);
+	mv_host_free(h);
+	munmap(mem, N * TPAGE);
+	close(fd);
+}
+
+/* Permissions of every mapping in [addr, addr+len), as "rw-p" strings, joined. */
+static void perms_in(const void *addr, size_t len, char *out, size_t max)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	assert_non_null(f);
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len, s, e;
+	char perms[8], line[512];
+	out[0] = 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx %7s", &s, &e, perms) == 3 && e > lo && s < hi &&
+		    strlen(out) + 6 < max) {
+			strcat(out, perms);
+			strcat(out, " ");
+		}
+	fclose(f);
+}
+
+/* Read-only guest RAM (a ROM slot) full of duplicates stays read-only. */
+static void read_only_memory_stays_read_only(void **state)
+{
+	enum { N = 64 };
+	uint8_t *mem = tu_guest_alloc(N);
+	for (int i = 0; i < N; i++)
+		tu_fill(mem + i * TPAGE, i % 2 ? 9 : 0);
+	assert_int_equal(mprotect(mem, N * TPAGE, PROT_READ), 0);
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = new_vm(h, "rom", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	char perms[256];
+	perms_in(mem, N * TPAGE, perms, sizeof(perms));
+	assert_string_equal(perms, "r--p ");
+	mv_vm_free(vm);
+	mv_host_free(h);
+	assert_int_equal(mprotect(mem, N * TPAGE, PROT_READ | PROT_WRITE), 0);
+	tu_guest_free(mem, N);
+}
+
+/* A PROT_NONE page inside guest RAM (a guard) is never read by the scanner. */
+static void inaccessible_memory_is_not_read(void **state)
+{
+	enum { N = 64 };
+	uint8_t *mem = tu_guest_alloc(N);
+	for (int i = 0; i < N; i++)
+		tu_fill(mem + i * TPAGE, 3);
+	assert_int_equal(mprotect(mem + 8 * TPAGE, TPAGE, PROT_NONE), 0);
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = new_vm(h, "guard", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0); /* (the scanner used to fault here) */
+	char perms[256];
+	perms_in(mem + 8 * TPAGE, TPAGE, perms, sizeof(perms));
+	assert_string_equal(perms, "---p ");
+	mv_vm_free(vm);
+	mv_host_free(h);
+	assert_int_equal(mprotect(mem + 8 * TPAGE, TPAGE, PROT_READ | PROT_WRITE), 0);
+	tu_guest_free(mem, N);
+}
+
 /* ---- injected OS failures: the merge step fails, nothing is lost or leaked ---- */
 
 static int fail_map(void *addr, size_t len, int fd, off_t off) { return -ENOMEM; }
@@ -467,6 +563,9 @@ int main(void)
 		cmocka_unit_test(unmerge_makes_every_page_private),
 		cmocka_unit_test(bad_arguments_change_nothing),
 		cmocka_unit_test(shared_memory_is_never_merged),
+		cmocka_unit_test(private_file_memory_is_not_merged),
+		cmocka_unit_test(read_only_memory_stays_read_only),
+		cmocka_unit_test(inaccessible_memory_is_not_read),
 		cmocka_unit_test(failed_remap_loses_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
