@@ -234,8 +234,14 @@ int bench_balloon_main(int argc, char **argv)
 	int c;
 	while ((c = getopt_long(argc, argv, "g:t:jh", opts, NULL)) != -1) {
 		switch (c) {
-		case 'g': guest = atof(optarg); break;
-		case 't': target = atof(optarg); break;
+		case 'g':
+			if (bench_arg_double("--guest-gib", optarg, 0.25, 64, &guest))
+				return 2;
+			break;
+		case 't':
+			if (bench_arg_double("--target-gib", optarg, 0.0625, 64, &target))
+				return 2;
+			break;
 		case 'j': json = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;

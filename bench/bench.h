@@ -23,6 +23,12 @@ static inline double bench_cpu_s(void)
 	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
+/* args.c: numeric options. 0, or -EINVAL after a message on stderr naming the option. */
+int bench_arg_double(const char *opt, const char *s, double lo, double hi, double *out);
+int bench_arg_uint(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
+int bench_arg_size_mib(const char *opt, const char *s, double lo_mib, double hi_mib, double unit_mib,
+                       double *out_mib);
+
 /* One guest's RAM as a benchmark builds it. */
 struct bench_guest {
 	uint8_t *mem;

@@ -66,14 +66,22 @@ static int parse(int argc, char **argv, struct density_opts *o)
 		{ "out", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
 		{ "help", no_argument, NULL, 'h' }, { 0 } };
 	const char *profile = "idle", *configs = "none,balloon,sharing,both,ksm";
-	int c;
-	while ((c = getopt_long(argc, argv, "p:b:s:c:m:P:o:jh", opts, NULL)) != -1) {
+	int c, err = 0;
+	double mib;
+	uint64_t n;
+	while (!err && (c = getopt_long(argc, argv, "p:b:s:c:m:P:o:jh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': profile = optarg; break;
-		case 'b': o->budget_mib = strtoull(optarg, NULL, 10); break;
-		case 's': o->scale = atof(optarg); break;
+		case 'b':
+			err = bench_arg_size_mib("--budget-mib", optarg, 64, 1 << 30, 1, &mib);
+			o->budget_mib = (uint64_t)mib;
+			break;
+		case 's': err = bench_arg_double("--scale", optarg, 0.001, 4, &o->scale); break;
 		case 'c': configs = optarg; break;
-		case 'm': o->max_guests = (unsigned)atoi(optarg); break;
+		case 'm':
+			err = bench_arg_uint("--max-guests", optarg, 1, DENSITY_MAX_GUESTS, &n);
+			o->max_guests = (unsigned)n;
+			break;
 		case 'P': o->policy_file = optarg; break;
 		case 'o': o->out_dir = optarg; break;
 		case 'j': o->json = o->quiet = true; break;
@@ -81,6 +89,8 @@ static int parse(int argc, char **argv, struct density_opts *o)
 		default: usage(stderr); return -EINVAL;
 		}
 	}
+	if (err)
+		return err;
 	if (!(o->profile = mvw_profile_find(profile))) {
 		fprintf(stderr, "memvirt density: unknown profile '%s' (idle, web, db, clones)\n", profile);
 		return -EINVAL;

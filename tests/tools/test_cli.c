@@ -1,0 +1,94 @@
+/* test_cli.c - the memvirt CLI as an admin runs it: bad numeric options are refused with
+ * a message naming the option and exit status 2, before anything runs. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char cli[PATH_MAX], out_dir[64];
+
+/* build/tests/tools/test_cli -> build/memvirt (also under build/asan, build/tsan) */
+static int setup(void **state)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n <= 0)
+		return -1;
+	exe[n] = 0;
+	char *d = dirname(dirname(dirname(exe)));
+	snprintf(cli, sizeof(cli), "%s/memvirt", d);
+	snprintf(out_dir, sizeof(out_dir), "/tmp/memvirt-cli-test-%d", (int)getpid());
+	return access(cli, X_OK);
+}
+
+/* Run the CLI (killed after 30 s: a run that starts has accepted the option); its exit
+ * status, or 128 + signal; the first line it wrote to stderr into err. */
+/* If a refused run made its output folder after all, take it away (ours alone). */
+static int teardown(void **state)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", out_dir);
+	return system(cmd) ? -1 : 0;
+}
+
+static int run(const char *const *args, char *err, size_t max)
+{
+	char cmd[4096];
+	int k = snprintf(cmd, sizeof(cmd), "timeout -s KILL 30 %s", cli);
+	for (size_t i = 0; args[i]; i++)
+		k += snprintf(cmd + k, sizeof(cmd) - (size_t)k, " '%s'", args[i]);
+	snprintf(cmd + k, sizeof(cmd) - (size_t)k, " 2>&1 >/dev/null");
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	err[0] = 0;
+	if (!fgets(err, (int)max, p))
+		err[0] = 0;
+	char sink[256];
+	while (fgets(sink, sizeof(sink), p))
+		;
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void refused(const char *cmd, const char *opt, const char *value)
+{
+	const char *args[] = { cmd, opt, value, "--out", out_dir, "--configs", "none", NULL };
+	char err[512];
+	int rc = run(args, err, sizeof(err));
+	printf("%s %s %s -> %d: %s", cmd, opt, value, rc, err);
+	assert_int_equal(rc, 2);
+	assert_non_null(strstr(err, opt));
+	struct stat st;
+	assert_int_not_equal(stat(out_dir, &st), 0); /* nothing was run or written */
+}
+
+static void bad_numbers_are_refused(void **state)
+{
+	refused("density", "--budget-mib", "-5");
+	refused("density", "--budget-mib", "abc");
+	refused("density", "--budget-mib", "10x");
+	refused("density", "--budget-mib", "1");
+	refused("density", "--budget-mib", "");
+	refused("density", "--scale", "-0.5");
+	refused("density", "--scale", "nan");
+	refused("density", "--scale", "1e9");
+	refused("density", "--max-guests", "0");
+	refused("density", "--max-guests", "2.5");
+	refused("density", "--max-guests", "-1");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(bad_numbers_are_refused),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
