@@ -164,7 +164,7 @@ static _Atomic int nsettings;		/* entries below it are complete */
 static _Atomic int table_lock;		/* spin lock, taken with our signals blocked */
 static _Atomic int atexit_done, signals_done;
 static _Atomic pid_t owner_pid;		/* handlers act in this process only */
-static const int kc_signals[] = { SIGINT, SIGTERM, SIGHUP };
+static const int kc_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT };
 
 static void lock_table(void)
 {

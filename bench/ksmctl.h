@@ -17,7 +17,8 @@
  *
  * kc_setting_set() remembers the original content of a sysctl/sysfs file the
  * first time it sees that path (up to 16 paths), then writes `value`.  The
- * first call also installs handlers for SIGINT, SIGTERM and SIGHUP (not for a
+ * first call also installs handlers for SIGINT, SIGTERM, SIGHUP, SIGPIPE (a closed
+ * pipe: `memvirt density | head`) and SIGQUIT (not for a
  * signal that is ignored at that time) and an atexit() handler; they call
  * kc_settings_restore() and, for a signal, re-raise it with the default
  * disposition so the process still dies of it.  A handler installed later by
