@@ -47,9 +47,12 @@ void mv_vm_free(struct mv_vm *vm);
  * Register guest RAM exactly as a KVM memslot: `slot` identifies it, guest-physical
  * [gpa, gpa+size) is backed by host memory [hva, hva+size). gpa, hva and size must be
  * 4 KiB aligned, size > 0, no overlap with another region of any VM of the host.
- * The memory must stay mapped until mv_vm_region_remove() returns. Private anonymous
- * memory (MAP_PRIVATE|MAP_ANONYMOUS) can be shared; other memory (MAP_SHARED, e.g. for
- * vhost-user) is accepted but never merged, and a warning is logged saying so.
+ * The memory must stay mapped until mv_vm_region_remove() returns. Only private anonymous
+ * read-write memory (MAP_PRIVATE|MAP_ANONYMOUS, PROT_READ|PROT_WRITE throughout) can be
+ * shared; other memory is accepted but never merged, and a warning is logged saying why:
+ * MAP_SHARED (e.g. for vhost-user), a private mapping of a file (memfd, tmpfs, hugetlbfs:
+ * a released page would read the file again, as would memory still mapped from a page
+ * store after the region was removed), read-only or PROT_NONE parts, holes.
  * Safe while the scanner runs (memory hot-plug). Errors: -EINVAL, -EEXIST (slot or
  * overlap), -ENOMEM.
  */
