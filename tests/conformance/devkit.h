@@ -4,6 +4,7 @@
 #ifndef MV_DEVKIT_H
 #define MV_DEVKIT_H
 
+#include <endian.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -244,8 +245,9 @@ static inline uint16_t vq_add(unsigned q, const struct sg *sg, unsigned n)
 	}
 	v->next = (uint16_t)((head + n) % v->num);
 	put16(v->avail + VRING_AVAIL_RING(v->avail_idx % v->num), head);
-	__atomic_thread_fence(__ATOMIC_RELEASE);
-	put16(v->avail + VRING_AVAIL_OFF_IDX, ++v->avail_idx);
+	/* the ring entry is visible before the index that publishes it (a release store) */
+	__atomic_store_n((uint16_t *)(void *)gp(v->avail + VRING_AVAIL_OFF_IDX, 2),
+	                 htole16(++v->avail_idx), __ATOMIC_RELEASE);
 	return head;
 }
 

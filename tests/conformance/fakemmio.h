@@ -5,6 +5,7 @@
 #ifndef MV_FAKEMMIO_H
 #define MV_FAKEMMIO_H
 
+#include <endian.h>
 #include "fakedev.h"
 
 /* ---- the device side: split rings ---- */
@@ -17,9 +18,9 @@ static inline void fk_used(struct fq *q, uint16_t head, uint32_t len)
 		return;
 	memcpy(e, &(uint32_t){ head }, 4);
 	memcpy(e + 4, &len, 4);
-	__atomic_thread_fence(__ATOMIC_RELEASE);
 	q->used_idx++;
-	memcpy(idx, &q->used_idx, 2);
+	/* the element is visible before the index that publishes it (a release store) */
+	__atomic_store_n((uint16_t *)(void *)idx, htole16(q->used_idx), __ATOMIC_RELEASE);
 	fk_interrupt(INT_USED);
 }
 
