@@ -18,6 +18,7 @@ MV_API void mv_host_config_init(struct mv_host_config *cfg)
 	cfg->cpu_share = 0.10;
 	cfg->thp_policy = MV_THP_KEEP;
 	cfg->thp_split_min = 448;
+	cfg->settle_ms = 500;
 }
 
 static int config_check(const struct mv_host_config *c)
@@ -25,6 +26,8 @@ static int config_check(const struct mv_host_config *c)
 	if (c->size != sizeof(*c) || c->workers < 1 || c->workers > MV_MAX_WORKERS)
 		return -EINVAL;
 	if (!(c->cpu_share > 0 && c->cpu_share <= 1) || c->vma_budget < 0)
+		return -EINVAL;
+	if (c->settle_ms > 60000)
 		return -EINVAL;
 	if ((c->thp_policy != MV_THP_KEEP && c->thp_policy != MV_THP_SPLIT) || c->thp_split_min > 512)
 		return -EINVAL;

@@ -17,7 +17,8 @@
 /* Counters kept at three levels (VM, its domain, the host), updated together. */
 enum mv_counter {
 	MV_C_SCANNED, MV_C_MERGED, MV_C_SHARED, MV_C_ZERO, MV_C_VOLATILE, MV_C_COW_BREAKS,
-	MV_C_VMAS, MV_C_LEFT_VMA, MV_C_LEFT_THP, MV_C_CPU_NS, MV_C_FULL_SCANS, MV_C_NR
+	MV_C_VMAS, MV_C_LEFT_VMA, MV_C_LEFT_THP, MV_C_CPU_NS, MV_C_FULL_SCANS, MV_C_WRITE_FAULTS,
+	MV_C_WAIT_NS, MV_C_WAIT_MAX_NS /* a maximum, not a sum */, MV_C_BACKED_OFF, MV_C_NR
 };
 struct mv_counters { _Atomic int64_t v[MV_C_NR]; };
 
@@ -129,6 +130,7 @@ struct mv_host {
 
 /* counters.c */
 void mv__count(struct mv_vm *vm, enum mv_counter which, int64_t delta);
+void mv__count_max(struct mv_vm *vm, enum mv_counter which, int64_t value);
 void mv__counters_to_stats(const struct mv_counters *c, struct mv_scan_stats *out);
 
 /* log.c */

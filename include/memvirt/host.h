@@ -45,6 +45,10 @@ struct mv_host_config {
 	enum mv_thp_policy thp_policy;
 	unsigned thp_split_min; /* pages of 512; used with MV_THP_SPLIT; default 448 */
 	int cross_node_merge;   /* 0 (default): a page only merges with pages of its NUMA node */
+	unsigned settle_ms;     /* a page merges only once its content stayed the same for this
+	                           long (two looks); chunks found written again wait twice as long
+	                           each time, up to 64 times this. Default 500; 0 = look again on
+	                           the next pass (mv_host_scan() in tests) */
 	const struct mv_topology *topology; /* NULL = libnuma; copied by mv_host_new() */
 	mv_log_fn log;          /* NULL = silent */
 	void *log_opaque;
@@ -96,6 +100,10 @@ struct mv_scan_stats {
 	uint64_t cow_debt_bytes;      /* memory needed if every shared and zero page were written */
 	uint64_t full_scans;          /* complete passes */
 	uint64_t cpu_ns;              /* CPU time spent scanning (workers and fault handling) */
+	uint64_t write_faults;        /* guest accesses the engine made wait (a page being replaced) */
+	uint64_t writer_wait_ns;      /* total time those accesses waited */
+	uint64_t writer_wait_max_ns;  /* the longest single wait */
+	uint64_t chunks_backed_off;   /* visits skipped because the chunk keeps being written */
 };
 
 /* Host-wide totals. */
