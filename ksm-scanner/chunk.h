@@ -1,12 +1,17 @@
-/* chunk.h - one 2 MiB batch of the scanner, shared by scan.c (steps 0-3, 5) and
- * merge.c (step 4). See the overview in scan.c. */
+/* chunk.h - one 2 MiB batch of the scanner, shared by scan.c (looking, deciding) and
+ * merge.c (the replace window). See the overview in scan.c. */
 #ifndef MV_CHUNK_H
 #define MV_CHUNK_H
 
 #include "ksm.h"
 
 enum { ACT_NONE, ACT_ZERO, ACT_MERGE };
-enum { NEED_NO, NEED_HASH, NEED_LOOKUP };
+enum {
+	NEED_NO,
+	NEED_FIRST,   /* first look: hash it, remember the sum */
+	NEED_CONFIRM, /* looked at before: protect, hash, compare with the sum */
+	NEED_LOOKUP,  /* stable and protected, unwritten: look it up in the index again */
+};
 
 struct chunk {
 	struct mv_scan_ctx *ctx;
@@ -20,6 +25,7 @@ struct chunk {
 	uint8_t act[MV_CHUNK_PAGES];
 	struct mv_node *tgt[MV_CHUNK_PAGES];
 	int last_merge;          /* index of the last page given a target, -1 = none */
+	unsigned seen_once, changing; /* pages looked at for the first time / found changed */
 	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp; /* counters */
 };
 
@@ -33,8 +39,18 @@ static inline struct mv_page *page_of(const struct chunk *c, unsigned i)
 	return &c->r->pages[c->first + i];
 }
 
-/* merge.c */
-void mv__release_zero(struct chunk *c);
-void mv__map_merges(struct chunk *c);
+/* The pages to keep write-protected after a look: everything but pages that are not
+ * tracked (changing, or private copies in store mappings) and present. */
+static inline bool keep_protected(const struct chunk *c, unsigned i)
+{
+	return page_of(c, i)->state != PS_NEW || !(c->cat[i] & MV_PAGE_IS_PRESENT);
+}
+
+/* scan.c */
+uint64_t mv__chunk_hash(struct chunk *c, unsigned i);
+void mv__protect_where(struct chunk *c, bool (*which)(const struct chunk *, unsigned), int wp);
+
+/* merge.c: the replace window over the pages given an action. */
+void mv__replace(struct chunk *c);
 
 #endif

@@ -6,14 +6,25 @@
 
 /* Life of a guest page, as the scanner sees it. */
 enum mv_pstate {
-	PS_NEW = 0,  /* to look at: never seen, or written since it was released or merged
-	                (then it may live in a store mapping with a private copy) */
-	PS_CLEAN,    /* hashed and write-protected; unique so far */
+	PS_NEW = 0,  /* not tracked: never seen, or seen changing (its sum says how it was at
+	                the last look); or a private copy left in a store mapping */
+	PS_CLEAN,    /* stable: write-protected before the hash that found it unchanged since
+	                the look before; in the index; unique so far */
 	PS_ZERO,     /* released: reads hit the kernel's zero page */
 	PS_MERGED,   /* backed by a canonical page of the store, copy-on-write */
 };
 
-#define PF_RETRY 0x1 /* hashed and protected; merge when found unwritten next time */
+#define PF_RETRY 0x1 /* stable but left unmerged (VMA budget): look it up again */
+#define PF_SUM   0x2 /* region->sum[] holds this page's content at its last look */
+
+/* When the scanner looks at a chunk again. A chunk with pages seen once or seen changing
+ * waits settle_ms before its next look; each look that finds pages changing again
+ * doubles the wait (back-off), up to MV_BACKOFF_MAX doublings. */
+#define MV_BACKOFF_MAX 6
+struct mv_chunk_sched {
+	uint64_t due_ns;  /* monotonic; 0 = on the next pass */
+	uint8_t backoff;  /* doublings of settle_ms */
+};
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
 #define MV_SLOT_ANON 0 /* slot 0 is never allocated (extent 0 stays unused) */
@@ -98,22 +109,10 @@ static inline uint64_t mv__chunk_of(const struct mv_region *r, const void *addr)
 	return ((uintptr_t)addr >> 21) - r->chunk0;
 }
 
-static inline void mv__mark_dirty(struct mv_region *r, uint64_t chunk)
-{
-	atomic_fetch_or(&r->dirty[chunk / 64], 1ull << (chunk % 64));
-}
-
-static inline bool mv__take_dirty(struct mv_region *r, uint64_t chunk)
-{
-	uint64_t bit = 1ull << (chunk % 64);
-	return atomic_fetch_and(&r->dirty[chunk / 64], ~bit) & bit;
-}
-
-/* Ask for page idx of r to be looked at again: its twin was found. */
+/* Ask for page idx of r to be looked up again on its chunk's next look: its twin was found. */
 static inline void mv__rescan(struct mv_region *r, uint64_t idx)
 {
 	atomic_store(&r->pages[idx].rescan, 1);
-	mv__mark_dirty(r, mv__chunk_of(r, r->hva + idx * MV_PAGE_SIZE));
 }
 
 /* The canonical page's node of a PS_MERGED page (we hold a reference: it is alive). */
@@ -138,14 +137,19 @@ void mv__node_put(struct mv_domain *d, struct mv_node *n, int32_t refs);
 /* merge.c: the VMA estimate. Mappings added if pages [a, b) of r took mapping `key`. */
 long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t key);
 void mv__vmas_account(struct mv_region *r, long delta);
+/* Charge `delta` mappings to the host's VMA budget; false (nothing charged) if spent. */
+bool mv__vma_charge(struct mv_host *h, long delta);
 
 /* scan.c */
 struct mv_scan_ctx {
 	struct mv_host *h;
 	unsigned worker;
 	double cpu_share;          /* > 0: throttled to the host's cpu_share_ppm; <= 0: unlimited */
-	uint64_t win_wall, win_cpu; /* start of the current throttle window */
+	uint64_t win_wall, win_cpu, win_fault; /* start of the current throttle window */
+	uint8_t *hold;             /* 2 MiB where pages in flight wait (merge.c), lazily made */
 };
+void mv__scan_ctx_fini(struct mv_scan_ctx *ctx);
+struct mv_chunk_sched *mv__sched_new(uint64_t nr_chunks);
 void mv__scan_vm(struct mv_scan_ctx *ctx, struct mv_vm *vm);
 int mv__region_unmerge(struct mv_host *h, struct mv_region *r);
 void mv__region_forget(struct mv_host *h, struct mv_region *r);

@@ -1,30 +1,152 @@
-/* merge.c - step 4 of the scanner: release zero pages, map duplicates onto the store
- * (per run of consecutive slots, or a whole chunk at once), and charge the VMA budget. */
+/* merge.c - step 4 of the scanner: the replace window. Pages decided on are moved out of
+ * the guest's mapping, compared again where no access can reach them, and released (zero
+ * pages), mapped onto store slots (duplicates; per run of consecutive slots, or a whole
+ * chunk at once), or put back when they changed. Every mapping is charged to the VMA
+ * budget first.
+ *
+ * Why it is atomic: the chunk is registered for missing-page faults for the window, so
+ * an access to a page moved out waits in the kernel (track.c) instead of finding a fresh
+ * zero page. The compare that decides is made on the moved copy, which nobody else can
+ * reach; the new mapping (or the page itself) is in place before the window closes and
+ * the waiting accesses retry: a write lands after the replace, never before, and goes
+ * to a private copy of the canonical page.
+ */
 #include "chunk.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/uio.h>
 
-/* Step 4a: release the zero pages of the chunk in one vector. */
-void mv__release_zero(struct chunk *c)
+static bool is_zero(const void *page)
 {
-	struct iovec iov[MV_CHUNK_PAGES];
-	size_t k = 0;
-	for (unsigned i = 0; i < c->n; i++) {
-		if (c->act[i] != ACT_ZERO)
-			continue;
-		if (k && (uint8_t *)iov[k - 1].iov_base + iov[k - 1].iov_len == page_addr(c, i))
-			iov[k - 1].iov_len += MV_PAGE_SIZE;
-		else
-			iov[k++] = (struct iovec){ page_addr(c, i), MV_PAGE_SIZE };
+	const uint64_t *w = page;
+	uint64_t acc = 0;
+	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+		acc |= w[i];
+	return !acc;
+}
+
+static uint8_t *held(const struct chunk *c, unsigned i)
+{
+	return c->ctx->hold + (size_t)i * MV_PAGE_SIZE;
+}
+
+/* Forget the action on page i (its target's reference goes back). */
+static void drop(struct chunk *c, unsigned i)
+{
+	if (c->act[i] == ACT_MERGE)
+		mv__node_put(c->d, c->tgt[i], 1);
+	c->act[i] = ACT_NONE;
+}
+
+/* The worker's holding area: 2 MiB aligned, registered with the host's userfaultfd
+ * (UFFDIO_MOVE moves only into ranges registered there). Write-protect mode only, so
+ * that no access of ours to it ever waits. */
+static uint8_t *hold_area(struct mv_scan_ctx *ctx)
+{
+	struct mv_host *h = ctx->h;
+	void *p;
+	if (ctx->hold || h->prim->map_anon(2 * MV_CHUNK_SIZE, &p))
+		return ctx->hold;
+	uint8_t *lo = p, *a = (uint8_t *)(((uintptr_t)lo + MV_CHUNK_SIZE - 1) & ~(MV_CHUNK_SIZE - 1));
+	if (a > lo)
+		h->prim->unmap(lo, (size_t)(a - lo));
+	if (a + MV_CHUNK_SIZE < lo + 2 * MV_CHUNK_SIZE)
+		h->prim->unmap(a + MV_CHUNK_SIZE, (size_t)(lo + 2 * MV_CHUNK_SIZE - a - MV_CHUNK_SIZE));
+	if (h->prim->uffd_register(h->uffd, a, MV_CHUNK_SIZE, MV_UFFD_WP)) {
+		h->prim->unmap(a, MV_CHUNK_SIZE);
+		return NULL;
 	}
-	if (!k || c->ctx->h->prim->dontneed(iov, k))
-		return;
+	return ctx->hold = a;
+}
+
+/* Move pages [a, b) out to the holding area. Those that could not be moved (pinned,
+ * gone) stay where they are and lose their action. */
+static void move_out(struct chunk *c, unsigned a, unsigned b)
+{
+	struct mv_host *h = c->ctx->h;
+	long moved = h->prim->uffd_move(h->uffd, held(c, a), page_addr(c, a), (size_t)(b - a) * MV_PAGE_SIZE);
+	unsigned done = moved > 0 ? (unsigned)(moved / (long)MV_PAGE_SIZE) : 0;
+	for (unsigned i = a + done; i < b; i++)
+		drop(c, i);
+}
+
+/* Put pages [a, b) back from the holding area into their empty ptes. A move cannot fail
+ * there short of memory for a page table; a copy is the fallback, retried, since the
+ * content lives nowhere else. */
+static void put_back(struct chunk *c, unsigned a, unsigned b)
+{
+	struct mv_host *h = c->ctx->h;
+	while (a < b) {
+		size_t len = (size_t)(b - a) * MV_PAGE_SIZE;
+		long moved = h->prim->uffd_move(h->uffd, page_addr(c, a), held(c, a), len);
+		if (moved > 0) {
+			a += (unsigned)(moved / (long)MV_PAGE_SIZE);
+			continue;
+		}
+		int err = h->prim->uffd_copy(h->uffd, page_addr(c, a), held(c, a), MV_PAGE_SIZE);
+		if (!err || err == -EEXIST) {
+			a++;
+			continue;
+		}
+		mv__log(h, MV_LOG_ERROR, "putting a guest page back failed (%s): retrying",
+		        mv_strerror(err));
+		sched_yield();
+	}
+}
+
+/* For each run of pages selected by `act`, apply f to [a, b). */
+static void for_runs(struct chunk *c, bool (*sel)(const struct chunk *, unsigned),
+                     void (*f)(struct chunk *, unsigned, unsigned))
+{
+	unsigned i = 0;
+	while (i < c->n) {
+		if (!sel(c, i)) {
+			i++;
+			continue;
+		}
+		unsigned b = i + 1;
+		while (b < c->n && sel(c, b))
+			b++;
+		f(c, i, b);
+		i = b;
+	}
+}
+
+static bool acted(const struct chunk *c, unsigned i)
+{
+	return c->act[i] != ACT_NONE;
+}
+
+/* The moved copy decides: a page that changed since it was compared goes back. */
+static bool still_same(struct chunk *c, unsigned i)
+{
+	if (c->act[i] == ACT_ZERO)
+		return is_zero(held(c, i));
+	const struct mv_node *n = c->tgt[i];
+	return !memcmp(held(c, i), mv__store_page(c->d->stores[n->nid], n->slot), MV_PAGE_SIZE);
+}
+
+static void verify(struct chunk *c)
+{
+	for (unsigned i = 0; i < c->n; i++) {
+		if (c->act[i] == ACT_NONE || still_same(c, i))
+			continue;
+		put_back(c, i, i + 1);
+		drop(c, i);
+		page_of(c, i)->state = PS_NEW; /* written between the look and the move */
+		page_of(c, i)->flags = 0;
+	}
+}
+
+/* Zero pages stay out: their ptes are empty, so they read the zero page. */
+static void release_zero(struct chunk *c)
+{
 	for (unsigned i = 0; i < c->n; i++)
 		if (c->act[i] == ACT_ZERO) {
 			page_of(c, i)->state = PS_ZERO;
-			page_of(c, i)->flags &= (uint8_t)~PF_RETRY;
+			c->act[i] = ACT_NONE;
 			c->zero++;
 		}
 }
@@ -43,7 +165,7 @@ long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t ke
 	return d;
 }
 
-static bool vma_charge(struct mv_host *h, long delta)
+bool mv__vma_charge(struct mv_host *h, long delta)
 {
 	if (delta <= 0) {
 		atomic_fetch_add(&h->c.v[MV_C_VMAS], delta);
@@ -64,7 +186,8 @@ void mv__vmas_account(struct mv_region *r, long delta)
 	atomic_fetch_add(&r->vm->dom->c.v[MV_C_VMAS], delta);
 }
 
-/* Step 4b: map one run [a, b) of pages whose targets are consecutive slots of a store. */
+/* Map one run [a, b) of moved pages whose targets are consecutive slots of a store over
+ * their empty ptes; if the mapping cannot be made, the pages go back. */
 static void map_run(struct chunk *c, unsigned a, unsigned b)
 {
 	struct mv_host *h = c->ctx->h;
@@ -74,7 +197,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	long delta = mv__vma_delta(c->r, c->first + a, c->first + b, key);
 	int err = -ENOSPC;
 
-	if (vma_charge(h, delta)) {
+	if (mv__vma_charge(h, delta)) {
 		err = h->prim->map_private_fixed((void *)addr, (size_t)(b - a) * MV_PAGE_SIZE, s->fd,
 		                                 (off_t)c->tgt[a]->slot * (off_t)MV_PAGE_SIZE);
 		if (err)
@@ -82,10 +205,12 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 		else
 			mv__vmas_account(c->r, delta);
 	}
+	if (err)
+		put_back(c, a, b); /* (a failed MAP_FIXED leaves the range as it was: empty) */
 	for (unsigned i = a; i < b; i++) {
 		struct mv_page *p = page_of(c, i);
 		if (err) {
-			mv__node_put(c->d, c->tgt[i], 1);
+			drop(c, i);
 			p->flags |= PF_RETRY;
 			continue;
 		}
@@ -93,6 +218,7 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 		p->slot = c->tgt[i]->slot;
 		p->nid = (uint8_t)c->tgt[i]->nid;
 		p->flags &= (uint8_t)~PF_RETRY;
+		c->act[i] = ACT_NONE;
 	}
 	if (err == -ENOSPC) {
 		c->left_vma += b - a;
@@ -106,128 +232,10 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	}
 }
 
-/*
- * Step 4b, chunk mode: when most of a 2 MiB chunk equals one 2 MiB run of canonical pages
- * (guests cloned from one image), map the whole chunk onto that run with one mmap and
- * write the few differing pages back: they become private copies inside the same
- * mapping. One VMA for the chunk instead of two per differing page, and neighbouring
- * chunks fuse. The whole chunk is protected first (the gate is closed), so every byte
- * copied is final; the new mapping is built aside and swapped in with one mremap, so
- * no reader ever sees a half-built chunk and no write lands in between.
- */
-#define CHUNK_MIN_MATCH (MV_CHUNK_PAGES * 3 / 4)
-
-static bool chunk_fits(struct chunk *c, int64_t slot0, unsigned *back)
+/* Map the moved duplicates, per run of consecutive slots of one store. */
+static void map_runs(struct chunk *c)
 {
-	unsigned match = 0, runs = 0;
-	*back = 0;
-	for (unsigned i = 0; i < c->n; i++) {
-		const struct mv_page *p = page_of(c, i);
-		bool tgt_here = c->act[i] == ACT_MERGE && c->tgt[i]->nid == c->tgt[c->last_merge]->nid &&
-		                c->tgt[i]->slot == slot0 + i;
-		runs += tgt_here && (i == 0 || c->act[i - 1] != ACT_MERGE);
-		bool merged_here = p->state == PS_MERGED && p->nid == c->tgt[c->last_merge]->nid &&
-		                   p->slot == slot0 + i;
-		if (tgt_here || (c->act[i] != ACT_MERGE && merged_here))
-			match++;
-		else if (p->state == PS_MERGED || p->state == PS_ZERO || c->act[i] == ACT_ZERO ||
-		         !(c->cat[i] & MV_PAGE_IS_PRESENT))
-			return false; /* merged elsewhere, or zero: not worth a private copy */
-		else
-			(*back)++;
-	}
-	return match >= CHUNK_MIN_MATCH && runs >= 2;
-}
-
-/* Chunk mode needs every page of the chunk protected and each page merged there before
- * still mapping its canonical page (no private copy made since the chunk was read). */
-static bool chunk_stable(struct chunk *c)
-{
-	struct mv_host *h = c->ctx->h;
-	uint8_t cat[MV_CHUNK_PAGES];
-	if (h->prim->uffd_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE, 1) ||
-	    h->prim->page_categories(h->pagemap_fd, page_addr(c, 0), c->n, cat))
-		return false;
-	for (unsigned i = 0; i < c->n; i++)
-		if (page_of(c, i)->state == PS_MERGED && (cat[i] & MV_PAGE_IS_PRESENT) &&
-		    !(cat[i] & MV_PAGE_IS_FILE))
-			return false;
-	return true;
-}
-
-/* Build the chunk's new mapping off to the side: the store run, with the pages that
- * differ written into it (private copies). The guest chunk is untouched meanwhile. */
-static int chunk_build(struct chunk *c, struct mv_store *s, int64_t slot0, uint8_t **out)
-{
-	struct mv_host *h = c->ctx->h;
-	void *aside;
-	int err = h->prim->map_private(MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE, &aside);
-	if (err)
-		return err;
-	for (unsigned i = 0; i < c->n; i++)
-		if (!(c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) && page_of(c, i)->state != PS_MERGED)
-			memcpy((uint8_t *)aside + (size_t)i * MV_PAGE_SIZE, page_addr(c, i), MV_PAGE_SIZE);
-	*out = aside;
-	return 0;
-}
-
-static bool map_chunk(struct chunk *c)
-{
-	struct mv_host *h = c->ctx->h;
-	if (c->n != MV_CHUNK_PAGES || c->last_merge < 0)
-		return false;
-	const struct mv_node *ref = c->tgt[c->last_merge];
-	struct mv_store *s = c->d->stores[ref->nid];
-	int64_t slot0 = (int64_t)ref->slot - c->last_merge;
-	int64_t key = mv__vkey(s, ref->slot, (uintptr_t)page_addr(c, (unsigned)c->last_merge));
-	unsigned back;
-	if (slot0 <= 0 || slot0 + c->n > (int64_t)s->nr_extents * (int64_t)MV_CHUNK_PAGES ||
-	    !chunk_fits(c, slot0, &back) || !chunk_stable(c))
-		return false;
-	long delta = mv__vma_delta(c->r, c->first, c->first + c->n, key);
-	if (!vma_charge(h, delta))
-		return false;
-	uint8_t *aside;
-	if (chunk_build(c, s, slot0, &aside)) {
-		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
-		return false;
-	}
-	/* One atomic swap: a writer sleeping on a protected page of the chunk retries its
-	 * fault on the new mapping and gets a private copy there. */
-	if (h->prim->move_fixed(aside, MV_CHUNK_SIZE, page_addr(c, 0))) {
-		h->prim->unmap(aside, MV_CHUNK_SIZE);
-		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
-		return false;
-	}
-	mv__vmas_account(c->r, delta);
-	pthread_mutex_lock(&c->d->lock);
-	for (unsigned i = 0; i < c->n; i++) {
-		struct mv_page *p = page_of(c, i);
-		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot == slot0 + i) {
-			p->state = PS_MERGED;
-			c->merged++;
-		} else if (p->state != PS_MERGED) {
-			mv__store_punch_unused(h, s, (uint32_t)(slot0 + i));
-			p->state = PS_NEW; /* a private copy: looked at again next pass */
-		}
-		p->flags &= (uint8_t)~PF_RETRY;
-		p->slot = (uint32_t)(slot0 + i);
-		p->nid = (uint8_t)ref->nid;
-	}
-	pthread_mutex_unlock(&c->d->lock);
-	for (unsigned i = 0; i < c->n; i++)
-		if (c->act[i] == ACT_MERGE && c->tgt[i]->slot != slot0 + i)
-			mv__node_put(c->d, c->tgt[i], 1);
-	return true;
-}
-
-/* Step 4b for the chunk; then register the new mappings for write tracking, so that
- * pages that later get a private copy can be protected and merged again. */
-void mv__map_merges(struct chunk *c)
-{
-	struct mv_host *h = c->ctx->h;
-	int64_t before = c->merged;
-	unsigned i = map_chunk(c) ? c->n : 0;
+	unsigned i = 0;
 	while (i < c->n) {
 		if (c->act[i] != ACT_MERGE) {
 			i++;
@@ -240,6 +248,171 @@ void mv__map_merges(struct chunk *c)
 		map_run(c, i, b);
 		i = b;
 	}
-	if (c->merged != before && h->uffd_shmem)
-		h->prim->uffd_register_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE);
+}
+
+/*
+ * Chunk mode: when most of a 2 MiB chunk equals one 2 MiB run of canonical pages (guests
+ * cloned from one image), map the whole chunk onto that run and write the few other
+ * pages back into it: they become private copies inside the same mapping. One VMA for
+ * the chunk instead of two per differing page, and neighbouring chunks fuse. The whole
+ * chunk is moved out first, the new mapping is built aside from the moved copies and
+ * swapped in with one mremap: no access sees a half-built chunk, none lands in between.
+ * Only for chunks of anonymous pages, all present (a store mapping cannot be moved out).
+ */
+#define CHUNK_MIN_MATCH (MV_CHUNK_PAGES * 3 / 4)
+
+static bool tgt_at(const struct chunk *c, unsigned i, int64_t slot0)
+{
+	return c->act[i] == ACT_MERGE && c->tgt[i]->nid == c->tgt[c->last_merge]->nid &&
+	       c->tgt[i]->slot == slot0 + i;
+}
+
+static bool chunk_fits(struct chunk *c, int64_t slot0)
+{
+	unsigned match = 0, runs = 0;
+	for (unsigned i = 0; i < c->n; i++) {
+		const struct mv_page *p = page_of(c, i);
+		if (p->slot != MV_SLOT_ANON || p->state == PS_ZERO || c->act[i] == ACT_ZERO ||
+		    !(c->cat[i] & MV_PAGE_IS_PRESENT) || (c->cat[i] & MV_PAGE_IS_PFNZERO))
+			return false;
+		bool here = tgt_at(c, i, slot0);
+		runs += here && (i == 0 || !tgt_at(c, i - 1, slot0));
+		match += here;
+	}
+	return match >= CHUNK_MIN_MATCH && runs >= 2;
+}
+
+/* Build the chunk's new mapping off to the side from the moved copies: the store run,
+ * with every page that differs from its slot written into it (a private copy). */
+static int chunk_build(struct chunk *c, struct mv_store *s, int64_t slot0, uint8_t **out)
+{
+	struct mv_host *h = c->ctx->h;
+	void *aside;
+	int err = h->prim->map_private(MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE, &aside);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < c->n; i++) {
+		uint8_t *dst = (uint8_t *)aside + (size_t)i * MV_PAGE_SIZE;
+		if (!tgt_at(c, i, slot0) || !still_same(c, i))
+			memcpy(dst, held(c, i), MV_PAGE_SIZE);
+	}
+	*out = aside;
+	return 0;
+}
+
+static void chunk_commit(struct chunk *c, struct mv_store *s, int64_t slot0)
+{
+	struct mv_host *h = c->ctx->h;
+	pthread_mutex_lock(&c->d->lock);
+	for (unsigned i = 0; i < c->n; i++) {
+		struct mv_page *p = page_of(c, i);
+		if (tgt_at(c, i, slot0) && still_same(c, i)) {
+			p->state = PS_MERGED;
+			c->merged++;
+			p->flags = 0;
+		} else {
+			mv__store_punch_unused(h, s, (uint32_t)(slot0 + i));
+			p->state = PS_NEW; /* a private copy in the store mapping, left as it is */
+			p->flags = 0;
+		}
+		p->slot = (uint32_t)(slot0 + i);
+		p->nid = (uint8_t)s->nid;
+	}
+	pthread_mutex_unlock(&c->d->lock);
+	for (unsigned i = 0; i < c->n; i++) {
+		if (c->act[i] == ACT_MERGE && page_of(c, i)->state != PS_MERGED)
+			mv__node_put(c->d, c->tgt[i], 1);
+		c->act[i] = ACT_NONE;
+	}
+}
+
+static bool map_chunk(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	if (c->n != MV_CHUNK_PAGES || c->last_merge < 0)
+		return false;
+	const struct mv_node *ref = c->tgt[c->last_merge];
+	struct mv_store *s = c->d->stores[ref->nid];
+	int64_t slot0 = (int64_t)ref->slot - c->last_merge;
+	int64_t key = mv__vkey(s, ref->slot, (uintptr_t)page_addr(c, (unsigned)c->last_merge));
+	if (slot0 <= 0 || slot0 + c->n > (int64_t)s->nr_extents * (int64_t)MV_CHUNK_PAGES ||
+	    !chunk_fits(c, slot0))
+		return false;
+	long moved = h->prim->uffd_move(h->uffd, c->ctx->hold, page_addr(c, 0), MV_CHUNK_SIZE);
+	if (moved != (long)MV_CHUNK_SIZE) {
+		if (moved > 0)
+			put_back(c, 0, (unsigned)(moved / (long)MV_PAGE_SIZE));
+		return false;
+	}
+	long delta = mv__vma_delta(c->r, c->first, c->first + c->n, key);
+	uint8_t *aside = NULL;
+	if (!mv__vma_charge(h, delta))
+		goto fail;
+	if (chunk_build(c, s, slot0, &aside))
+		goto fail_charged;
+	if (h->prim->move_fixed(aside, MV_CHUNK_SIZE, page_addr(c, 0)))
+		goto fail_built;
+	mv__vmas_account(c->r, delta);
+	chunk_commit(c, s, slot0);
+	return true;
+
+fail_built:
+	h->prim->unmap(aside, MV_CHUNK_SIZE);
+fail_charged:
+	atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
+fail:
+	put_back(c, 0, c->n);
+	return false;
+}
+
+/*
+ * Close the window and wake every access that waited. Unregistering is the only way to
+ * drop the missing-page mode, and it lifts every write protection of the chunk, so the
+ * chunk is registered and protected again at once. A write that lands in the few
+ * microseconds in between is not seen: that page keeps its old index entry until it is
+ * written again, which can cost a share, never a wrong one (every replace compares the
+ * moved copy). Hints are not given that benefit of the doubt: the chunk leaves them.
+ */
+static void window_close(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	struct mv_region *r = c->r;
+	uint8_t *base = page_addr(c, 0);
+	size_t len = (size_t)c->n * MV_PAGE_SIZE;
+	h->prim->uffd_unregister(h->uffd, base, len);
+	/* unregistering wakes only accesses waiting in mappings still registered: those in
+	 * a range a store mapping replaced need an explicit wake */
+	h->prim->uffd_wake(h->uffd, base, len);
+	mv__hint_forget(r, c->first, c->n);
+	if (h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP)) {
+		r->mergeable = false; /* (read by this worker only, under r->lock) */
+		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes any more; its pages "
+		        "will not be merged", r->vm->name, r->slot);
+		return;
+	}
+	mv__protect_where(c, keep_protected, 1);
+}
+
+/* Step 4: the replace window over the pages given an action (see the top of the file). */
+void mv__replace(struct chunk *c)
+{
+	struct mv_host *h = c->ctx->h;
+	uint8_t *base = page_addr(c, 0);
+	size_t len = (size_t)c->n * MV_PAGE_SIZE;
+	if (!hold_area(c->ctx) || h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP | MV_UFFD_MISSING)) {
+		for (unsigned i = 0; i < c->n; i++)
+			drop(c, i);
+		return;
+	}
+	mv__gate_enter(h, c->ctx->worker, c->r->vm, base, len);
+	if (!map_chunk(c)) {
+		for_runs(c, acted, move_out);
+		verify(c);
+		release_zero(c);
+		map_runs(c);
+	}
+	struct iovec all = { c->ctx->hold, MV_CHUNK_SIZE };
+	h->prim->dontneed(&all, 1); /* the moved copies of released and merged pages */
+	window_close(c);
+	mv__gate_leave(h, c->ctx->worker);
 }

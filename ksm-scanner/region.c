@@ -22,8 +22,6 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 		uint64_t b = i;
 		while (b < r->npages && r->pages[b].state == PS_MERGED)
 			b++;
-		/* lift write protection first, or every page would go through the fault handler */
-		h->prim->uffd_wp(h->uffd, r->hva + i * MV_PAGE_SIZE, (b - i) * MV_PAGE_SIZE, 0);
 		int e = h->prim->populate_write(r->hva + i * MV_PAGE_SIZE, (b - i) * MV_PAGE_SIZE);
 		if (e) {
 			err = e;
@@ -39,7 +37,7 @@ int mv__region_unmerge(struct mv_host *h, struct mv_region *r)
 		i = b;
 	}
 	mv__count(r->vm, MV_C_MERGED, -(int64_t)merged);
-	memset(r->quiet, 0, r->nr_chunks);
+	memset(r->sched, 0, r->nr_chunks * sizeof(r->sched[0]));
 	pthread_mutex_unlock(&r->lock);
 	return err;
 }
@@ -51,11 +49,10 @@ void mv__region_unprotect(struct mv_host *h, struct mv_region *r)
 	if (!r->registered)
 		return;
 	pthread_mutex_lock(&r->lock);
-	/* writes stop faulting: a hinted page can no longer be known unwritten */
-	for (uint64_t w = 0; w < (r->npages + 63) / 64; w++)
-		atomic_store(&r->hinted[w], 0);
+	/* writes stop being seen: a hinted page can no longer be known unwritten */
+	mv__hint_forget(r, 0, r->npages);
 	h->prim->uffd_unregister(h->uffd, r->hva, r->size);
-	if (h->prim->uffd_register_wp(h->uffd, r->hva, r->size)) {
+	if (h->prim->uffd_register(h->uffd, r->hva, r->size, MV_UFFD_WP)) {
 		r->registered = r->mergeable = false;
 		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes any more; its pages will "
 		        "not be merged", r->vm->name, r->slot);
@@ -63,7 +60,7 @@ void mv__region_unprotect(struct mv_host *h, struct mv_region *r)
 	for (uint64_t i = 0; i < r->npages; i++)
 		if (r->pages[i].state == PS_CLEAN)
 			r->pages[i].state = PS_NEW;
-	memset(r->quiet, 0, r->nr_chunks);
+	memset(r->sched, 0, r->nr_chunks * sizeof(r->sched[0]));
 	pthread_mutex_unlock(&r->lock);
 }
 
@@ -82,8 +79,6 @@ static void rescan_region(struct mv_region *r)
 {
 	for (uint64_t i = 0; i < r->npages; i++)
 		atomic_store(&r->pages[i].rescan, 1);
-	for (uint64_t k = 0; k < r->nr_chunks; k++)
-		mv__mark_dirty(r, k);
 }
 
 /*

@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #define IOV_BATCH 512
@@ -53,7 +54,10 @@ static void add_iov(struct release *x, uint64_t a, uint64_t b)
 }
 
 /* Pages [a, b) live in store mappings: map fresh anonymous memory over them, track its
- * writes like the rest of the region, and drop the shares. */
+ * writes like the rest of the region, and drop the shares. The mappings this adds are
+ * charged to the VMA budget like the scanner's: when it is spent, the pages stay as they
+ * are (shared, or private copies) and are counted, so that no guest can drive the VMM
+ * to vm.max_map_count by ballooning merged pages. */
 static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 {
 	struct mv_host *h = x->h;
@@ -61,13 +65,18 @@ static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 	void *lo = r->hva + a * MV_PAGE_SIZE;
 	size_t len = (size_t)(b - a) * MV_PAGE_SIZE;
 	long delta = mv__vma_delta(r, a, b, MV_VKEY_ANON);
+	if (!mv__vma_charge(h, delta)) {
+		mv__count(r->vm, MV_C_LEFT_VMA, (int64_t)(b - a));
+		return;
+	}
 	int err = h->prim->map_anon_fixed(lo, len);
 	if (err) {
+		atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
 		note(x, err);
 		return;
 	}
 	if (r->registered)
-		note(x, h->prim->uffd_register_wp(h->uffd, lo, len));
+		note(x, h->prim->uffd_register(h->uffd, lo, len, MV_UFFD_WP));
 	for (uint64_t k = a; k < b; k++) {
 		struct mv_page *p = &r->pages[k];
 		if (p->state == PS_MERGED) {
@@ -79,7 +88,6 @@ static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 		p->slot = MV_SLOT_ANON;
 		p->flags = 0;
 	}
-	atomic_fetch_add(&h->c.v[MV_C_VMAS], delta);
 	mv__vmas_account(r, delta);
 }
 
@@ -114,7 +122,7 @@ static void unquiet(struct mv_region *r, uint64_t a, uint64_t b)
 	uint64_t c0 = mv__chunk_of(r, r->hva + a * MV_PAGE_SIZE);
 	uint64_t c1 = mv__chunk_of(r, r->hva + (b - 1) * MV_PAGE_SIZE);
 	for (uint64_t c = c0; c <= c1; c++)
-		r->quiet[c] = 0;
+		r->sched[c].due_ns = 0;
 }
 
 int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_prange *ranges,
@@ -130,6 +138,7 @@ int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_p
 		if (!ranges[i].n)
 			continue;
 		release_range(x, ranges[i].first, ranges[i].first + ranges[i].n);
+		mv__hint_forget(r, ranges[i].first, ranges[i].n);
 		unquiet(r, ranges[i].first, ranges[i].first + ranges[i].n);
 	}
 	flush(x);
@@ -142,38 +151,104 @@ int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_p
 	return err;
 }
 
-int mv__region_hint_arm(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n)
+/* ---- free page hinting ----
+ *
+ * The guarantee: a page is released only if the guest hinted it in the current run and
+ * never wrote it since the run began, and a write at any moment, even while the page is
+ * being released, survives. The guest may reuse a hinted page at once, before the device
+ * has even read the hint, so the watch starts before the guest can hint anything: at
+ * the start of the run the whole region is write-protected and every page marked
+ * hint_clean. Paths that lift a page's protection (the scanner, releases) clear its mark.
+ *
+ * At completion, for each 2 MiB piece: the pages still hinted, marked and unwritten
+ * (PAGEMAP_SCAN) get MADV_FREE, after which the kernel keeps any page written again. A
+ * write between that look and MADV_FREE is seen by a second look (the page was
+ * protected, so the write shows) and the page is dirtied again by us, as the write
+ * would have. MADV_PAGEOUT then drops what is still clean, atomically against writers.
+ */
+void mv__hint_forget(struct mv_region *r, uint64_t first, uint64_t n)
+{
+	for (uint64_t k = first; k < first + n; k++) {
+		if (!(k % 64) && k + 64 <= first + n) {
+			atomic_store(&r->hint_clean[k / 64], 0);
+			k += 63;
+			continue;
+		}
+		mv__bit_clear(r->hint_clean, k);
+	}
+}
+
+int mv__region_hint_begin(struct mv_host *h, struct mv_region *r)
 {
 	if (!r->registered)
 		return -ENOTSUP;
 	pthread_mutex_lock(&r->lock);
-	for (uint64_t k = first; k < first + n; k++)
-		mv__bit_set(r->hinted, k);
-	/* set before protecting: a write after this point faults and clears the bit */
-	int err = h->prim->uffd_wp(h->uffd, r->hva + first * MV_PAGE_SIZE, n * MV_PAGE_SIZE, 1);
-	if (err)
-		for (uint64_t k = first; k < first + n; k++)
-			mv__bit_clear(r->hinted, k);
+	int err = h->prim->uffd_wp(h->uffd, r->hva, r->size, 1);
+	for (uint64_t w = 0; !err && w < r->npages / 64; w++)
+		atomic_store(&r->hint_clean[w], ~0ull);
+	for (uint64_t k = r->npages & ~63ull; !err && k < r->npages; k++)
+		mv__bit_set(r->hint_clean, k);
 	pthread_mutex_unlock(&r->lock);
 	return err;
 }
 
-/* One 2 MiB piece of a hint completion, the gate closed over it. */
+int mv__region_hint_arm(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n)
+{
+	if (!r->registered)
+		return -ENOTSUP;
+	for (uint64_t k = first; k < first + n; k++)
+		mv__bit_set(r->hinted, k);
+	return 0;
+}
+
+/* Dirty a page again as a write would (a compare-and-swap of a word with itself always
+ * writes; an atomic add of 0 may be compiled to a load). */
+static void redirty(void *page)
+{
+	uint64_t *w = page, v = __atomic_load_n(w, __ATOMIC_RELAXED);
+	__atomic_compare_exchange_n(w, &v, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+
+static bool hint_candidate(const struct mv_region *r, uint64_t k, uint8_t cat)
+{
+	return mv__bit_test(r->hinted, k) && mv__bit_test(r->hint_clean, k) &&
+	       r->pages[k].slot == MV_SLOT_ANON && (cat & MV_PAGE_IS_PRESENT) &&
+	       !(cat & (MV_PAGE_IS_WRITTEN | MV_PAGE_IS_PFNZERO | MV_PAGE_IS_HUGE));
+}
+
+/* One 2 MiB piece [a, b) of a hint completion (r->lock held). */
 static void hint_piece(struct release *x, uint64_t a, uint64_t b, uint64_t *released)
 {
+	struct mv_host *h = x->h;
 	struct mv_region *r = x->r;
-	uint8_t cat[MV_CHUNK_PAGES];
-	bool known = !x->h->prim->page_categories(x->h->pagemap_fd, r->hva + a * MV_PAGE_SIZE,
-	                                          b - a, cat);
-	for (uint64_t k = a; k < b; k++) {
-		bool hinted = mv__bit_clear(r->hinted, k);
-		if (known && hinted && !(cat[k - a] & MV_PAGE_IS_WRITTEN) &&
-		    r->pages[k].slot == MV_SLOT_ANON) {
+	uint8_t cat[MV_CHUNK_PAGES], again[MV_CHUNK_PAGES], cand[MV_CHUNK_PAGES] = { 0 };
+	uint8_t *lo = r->hva + a * MV_PAGE_SIZE;
+	if (h->prim->page_categories(h->pagemap_fd, lo, b - a, cat))
+		return;
+	for (uint64_t k = a; k < b; k++)
+		if ((cand[k - a] = hint_candidate(r, k, cat[k - a])))
 			add_iov(x, k, k + 1);
-			(*released)++;
-		}
+	if (!x->n)
+		return;
+	note(x, h->prim->lazyfree(x->iov, x->n));
+	x->n = 0;
+	if (h->prim->page_categories(h->pagemap_fd, lo, b - a, again))
+		memset(again, MV_PAGE_IS_WRITTEN, sizeof(again)); /* unknown: keep them all */
+	for (uint64_t k = a; k < b; k++) {
+		if (!cand[k - a])
+			continue;
+		if (again[k - a] & MV_PAGE_IS_WRITTEN)
+			redirty(r->hva + k * MV_PAGE_SIZE); /* written before MADV_FREE took */
+		else
+			add_iov(x, k, k + 1);
 	}
-	flush(x); /* before the gate opens: a writer waiting in it lands on the zero page */
+	if (x->n)
+		note(x, h->prim->pageout(x->iov, x->n));
+	x->n = 0;
+	if (h->prim->page_categories(h->pagemap_fd, lo, b - a, again))
+		return;
+	for (uint64_t k = a; k < b; k++)
+		*released += cand[k - a] && !(again[k - a] & MV_PAGE_IS_PRESENT);
 }
 
 int mv__region_hint_complete(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n,
@@ -181,24 +256,17 @@ int mv__region_hint_complete(struct mv_host *h, struct mv_region *r, uint64_t fi
 {
 	*released = 0;
 	struct release *x = malloc(sizeof(*x));
-	if (!x) {
-		for (uint64_t k = first; k < first + n; k++)
-			mv__bit_clear(r->hinted, k);
-		return -ENOMEM;
+	if (x) {
+		*x = (struct release){ .h = h, .r = r };
+		pthread_mutex_lock(&r->lock);
+		for (uint64_t a = first; a < first + n; a += MV_CHUNK_PAGES)
+			hint_piece(x, a, a + MV_CHUNK_PAGES < first + n ? a + MV_CHUNK_PAGES : first + n, released);
+		unquiet(r, first, first + n);
+		pthread_mutex_unlock(&r->lock);
 	}
-	*x = (struct release){ .h = h, .r = r };
-	pthread_mutex_lock(&r->lock);
-	pthread_mutex_lock(&h->device_gate_lock);
-	for (uint64_t a = first; a < first + n; a += MV_CHUNK_PAGES) {
-		uint64_t b = a + MV_CHUNK_PAGES < first + n ? a + MV_CHUNK_PAGES : first + n;
-		mv__gate_enter(h, MV_GATE_DEVICE, r->hva + a * MV_PAGE_SIZE, (b - a) * MV_PAGE_SIZE);
-		hint_piece(x, a, b, released);
-		mv__gate_leave(h, MV_GATE_DEVICE);
-	}
-	pthread_mutex_unlock(&h->device_gate_lock);
-	unquiet(r, first, first + n);
-	pthread_mutex_unlock(&r->lock);
-	int err = x->err;
+	for (uint64_t k = first; k < first + n; k++)
+		mv__bit_clear(r->hinted, k);
+	int err = x ? x->err : -ENOMEM;
 	free(x);
 	return err;
 }

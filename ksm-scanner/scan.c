@@ -1,43 +1,44 @@
-/* scan.c - the page-sharing scanner: compare-and-replace of guest pages, 2 MiB at a time.
+/* scan.c - the page-sharing scanner: looking at guest pages 2 MiB at a time and deciding
+ * which to share.
  *
  * Overview
  *
- * Guest RAM regions are registered with the host's userfaultfd in write-protect mode.
- * A worker walks each region in 2 MiB chunks. For every chunk it:
+ * Guest RAM regions are registered with the host's userfaultfd in asynchronous
+ * write-protect mode (track.c): a write to a protected page costs the writer one fault
+ * resolved in the kernel, never a wait for a thread of ours, and PAGEMAP_SCAN then
+ * reports the page written. A worker walks each region in 2 MiB chunks; a chunk is
+ * looked at when it is due (struct mv_chunk_sched). For a chunk it:
  *
- *  0. closes the gate on the chunk (the fault handler will not let a writer go in it)
- *     and skips the chunk if it is quiet (fully protected, nothing pending) and the
- *     fault handler marked no write in it since the last visit.
- *  1. asks the kernel which pages changed (PAGEMAP_SCAN): a write-protected page that
- *     is "written" was written since it was hashed; a merged page that is no longer a
- *     file page got a private copy (COW break); a released zero page that is present
- *     and not the zero PFN was written. A page reported unwritten stays protected
- *     until the gate opens again.
- *  2. write-protects the pages it will look at, in one ioctl per stretch. From here on
- *     no write can land in them: writers sleep in the fault.
- *  3. hashes those pages (XXH3 with a per-host secret) and looks each hash up in the
- *     domain's index. The index only proposes; memcmp decides: against the zero page,
- *     a canonical page of the store (stable node), or another guest page seen once
- *     with that hash (unstable node), which is then promoted to a canonical page.
- *     A page that continues a run of merged pages is first compared with the next
- *     canonical page of the run, without hashing (cloned guests). A page written since
- *     its last look is volatile: protected again and merged next time only if it stayed
- *     unwritten (as ksmd does).
- *  4. releases zero pages (MADV_DONTNEED, one vector for the chunk) and maps duplicates
- *     onto store slots: the whole chunk at once when most of it equals one run of
- *     canonical pages (the few other pages are written back as private copies), else
- *     one mmap(MAP_PRIVATE|MAP_FIXED) per run of consecutive slots. Slots are allocated
- *     to continue the run of the previous page, so neighbouring mappings fuse into one
- *     VMA. Each mapping is charged to the VMA budget first; when it is spent, pages
- *     stay unmerged and are counted.
- *  5. protects the whole chunk if nothing is pending (it is then quiet), wakes the
- *     writers that slept in it and opens the gate. A writer whose page was merged
- *     retries its fault on the new mapping and gets a private copy: its write lands
- *     after the merge, never before, so no write is lost.
+ *  1. asks the kernel what each page is (PAGEMAP_SCAN): a stable page that is "written"
+ *     changed since its last look; a merged page that is no longer a file page got a
+ *     private copy (COW break); a released zero page that is present and not the zero
+ *     PFN was reused.
+ *  2. looks at the pages that need it, as ksmd does, without protecting them first: a
+ *     page seen for the first time is only hashed and its 32-bit sum kept. A page seen
+ *     before is write-protected, hashed and compared with its sum: changed, it is left
+ *     unprotected (watching a page that keeps changing would cost its writer a fault
+ *     per look) and the chunk backs off; unchanged, it is stable and stays protected,
+ *     so that from now on any write to it is seen.
+ *  3. looks each stable page's hash up in the domain's index (XXH3 with a per-host
+ *     secret). The index only proposes; memcmp decides: against the zero page, a
+ *     canonical page of the store (stable node), or another guest page seen with that
+ *     hash (unstable node), which is then promoted to a canonical page.
+ *  4. replaces the pages it decided on inside a window (merge.c): the pages are moved
+ *     out of the guest's mapping, compared again there, and only then released (zero)
+ *     or mapped onto store slots; a page that changed in between goes back untouched.
+ *     An access to a page in flight waits for that window only.
+ *  5. schedules the chunk's next look: on the next pass if every page is stable, else
+ *     after settle_ms, doubled for every look that found pages changing again.
+ *
+ * What a writer pays: nothing for pages that keep changing (never protected), one
+ * kernel-resolved fault for the first write to a page that had stayed unchanged for
+ * settle_ms, a copy when it writes a merged page, and a wait of one replace when it
+ * touches a page at the moment it is being replaced.
  */
 #include "chunk.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -57,6 +58,12 @@ static bool is_zero(const void *page)
 	return !acc;
 }
 
+static void set_sum(struct chunk *c, unsigned i, uint64_t hash)
+{
+	c->r->sum[c->first + i] = (uint32_t)hash;
+	page_of(c, i)->flags |= PF_SUM;
+}
+
 /* Step 1: bring a page's state up to date with what the kernel reports. */
 static uint8_t refresh(struct chunk *c, unsigned i)
 {
@@ -67,30 +74,35 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 
 	switch (p->state) {
 	case PS_NEW:
-		return present && !(cat & MV_PAGE_IS_PFNZERO) ? NEED_HASH : NEED_NO;
+		if (!present || (cat & MV_PAGE_IS_PFNZERO) || p->slot != MV_SLOT_ANON)
+			return NEED_NO; /* nothing there, or a private copy no replace can move */
+		return p->flags & PF_SUM ? NEED_CONFIRM : NEED_FIRST;
 	case PS_CLEAN:
 		if (!present) {
-			if (!(cat & MV_PAGE_IS_SWAPPED))
+			if (!(cat & MV_PAGE_IS_SWAPPED)) {
 				p->state = PS_NEW; /* dropped (by a balloon): nothing to share */
+				p->flags = 0;
+			}
 			return NEED_NO;
 		}
 		if (cat & MV_PAGE_IS_WRITTEN) {
-			p->flags |= PF_RETRY;
-			c->volatile_pages++;
-			return NEED_HASH;
+			p->state = PS_NEW;
+			return NEED_CONFIRM;
 		}
 		return rescan || (p->flags & PF_RETRY) ? NEED_LOOKUP : NEED_NO;
 	case PS_ZERO:
 		if (present && !(cat & MV_PAGE_IS_PFNZERO)) {
 			p->state = PS_NEW;
+			p->flags = 0;
 			c->zero--; /* reused by the guest: no longer a released page */
-			return NEED_HASH;
+			return NEED_FIRST;
 		}
 		return NEED_NO;
 	case PS_MERGED:
 		if (present && !(cat & MV_PAGE_IS_FILE)) {
 			mv__node_put(c->d, mv__page_node(c->r, p), 1);
 			p->state = PS_NEW; /* a private copy inside the store mapping */
+			p->flags = 0;
 			c->cow++;
 		}
 		return NEED_NO;
@@ -99,34 +111,28 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 	}
 }
 
-/* Step 2: write-protect the pages to look at, one ioctl per stretch of pages that are
- * not merged (merged pages need no protection: a write to them copies). */
-static void protect(struct chunk *c)
+/*
+ * Change write protection (wp = 1 protect, 0 lift) of the pages `which` selects, one
+ * ioctl per stretch. A stretch may run over pages that stay protected anyway, to save
+ * ioctls. Lifting it also ends any hint's claim on those pages.
+ */
+void mv__protect_where(struct chunk *c, bool (*which)(const struct chunk *, unsigned), int wp)
 {
 	struct mv_host *h = c->ctx->h;
 	unsigned i = 0;
 	while (i < c->n) {
-		if (!c->need[i]) {
+		if (!which(c, i)) {
 			i++;
 			continue;
 		}
-		unsigned a = i, b = i;
-		while (b < c->n && page_of(c, b)->state != PS_MERGED)
-			b++;
-		unsigned last = a;
-		for (unsigned k = a; k < b; k++)
-			if (c->need[k])
-				last = k;
-		b = last + 1;
-		if (h->prim->uffd_wp(h->uffd, page_addr(c, a), (size_t)(b - a) * MV_PAGE_SIZE, 1)) {
-			/* cannot make it atomic: leave these pages, and let none of them serve as
-			 * a twin (it may be unprotected) */
-			memset(c->need + a, NEED_NO, b - a);
-			for (unsigned k = a; k < b; k++)
-				if (page_of(c, k)->state == PS_CLEAN)
-					page_of(c, k)->state = PS_NEW;
-		}
-		i = b;
+		unsigned a = i, last = i;
+		for (i++; i < c->n && (which(c, i) || (wp && keep_protected(c, i))); i++)
+			if (which(c, i))
+				last = i;
+		i = last + 1;
+		h->prim->uffd_wp(h->uffd, page_addr(c, a), (size_t)(i - a) * MV_PAGE_SIZE, wp);
+		if (!wp)
+			mv__hint_forget(c->r, c->first + a, i - a);
 	}
 }
 
@@ -148,29 +154,6 @@ static void set_target(struct chunk *c, unsigned i, struct mv_node *n)
 	c->tgt[i] = n;
 	if ((int)i > c->last_merge)
 		c->last_merge = (int)i;
-}
-
-/*
- * Guess that page i continues the run of the last merged page of the chunk (clones and
- * images: page i+1 equals canonical slot s+1) and check the guess with memcmp alone,
- * skipping the hash.
- */
-static bool predict(struct chunk *c, unsigned i)
-{
-	if (c->last_merge < 0)
-		return false;
-	const struct mv_node *last = c->tgt[c->last_merge];
-	struct mv_store *s = c->d->stores[last->nid];
-	struct mv_node *n = mv__store_node(s, (int64_t)last->slot + (int64_t)i - c->last_merge);
-	if (!n || !mv__node_get(n))
-		return false;
-	if (memcmp(page_addr(c, i), mv__store_page(s, n->slot), MV_PAGE_SIZE)) {
-		mv__node_put(c->d, n, 1);
-		return false;
-	}
-	page_of(c, i)->state = PS_CLEAN;
-	set_target(c, i, n);
-	return true;
 }
 
 /* The other page of an unstable node, if it can still be read. rcu_read_lock held. */
@@ -199,23 +182,16 @@ static void promote(struct chunk *c, unsigned i, struct mv_node *n, uint64_t has
 		mv__rescan(n->region, t);
 }
 
-/* Step 3 for one page whose content is stable (write-protected). */
-static void decide(struct chunk *c, unsigned i)
+/* Step 3 for one stable page (write-protected before `hash` was taken). */
+static void decide(struct chunk *c, unsigned i, uint64_t hash)
 {
 	struct mv_host *h = c->ctx->h;
 	struct mv_page *p = page_of(c, i);
 	const uint8_t *addr = page_addr(c, i);
 
-	if (c->need[i] == NEED_HASH && p->state == PS_CLEAN)
-		return; /* volatile: protected again, looked at next pass if unwritten */
-	if (p->state == PS_NEW && predict(c, i))
-		return;
-	p->state = PS_CLEAN;
 	p->flags &= (uint8_t)~PF_RETRY;
-	uint64_t hash = mv__hash_page(h, addr);
-	c->scanned++;
-	if (hash == h->zero_hash && p->slot == MV_SLOT_ANON && is_zero(addr)) {
-		c->act[i] = ACT_ZERO; /* (inside a store mapping, a dropped page would read the store) */
+	if (hash == h->zero_hash && is_zero(addr)) {
+		c->act[i] = ACT_ZERO;
 		return;
 	}
 	struct mv_node *n = mv__index_find(c->d, hash, c->nid);
@@ -238,6 +214,53 @@ static void decide(struct chunk *c, unsigned i)
 	}
 	if (!self)
 		mv__index_add_unstable(c->d, hash, c->nid, c->r, c->first + i, n);
+}
+
+static bool wants_confirm(const struct chunk *c, unsigned i)
+{
+	return c->need[i] == NEED_CONFIRM;
+}
+
+static bool found_changing(const struct chunk *c, unsigned i)
+{
+	return c->need[i] == NEED_CONFIRM && page_of(c, i)->state == PS_NEW;
+}
+
+uint64_t mv__chunk_hash(struct chunk *c, unsigned i)
+{
+	c->scanned++;
+	return mv__hash_page(c->ctx->h, page_addr(c, i));
+}
+
+/* Step 2 and 3: look at the pages that need it, decide for the stable ones. */
+static void look(struct chunk *c)
+{
+	mv__protect_where(c, wants_confirm, 1); /* before hashing: a later write is seen */
+	for (unsigned i = 0; i < c->n; i++) {
+		struct mv_page *p = page_of(c, i);
+		uint64_t hash;
+		switch (c->need[i]) {
+		case NEED_FIRST:
+			set_sum(c, i, mv__chunk_hash(c, i));
+			c->seen_once++;
+			break;
+		case NEED_CONFIRM:
+			hash = mv__chunk_hash(c, i);
+			if ((p->flags & PF_SUM) && c->r->sum[c->first + i] == (uint32_t)hash) {
+				p->state = PS_CLEAN;
+				decide(c, i, hash);
+			} else {
+				set_sum(c, i, hash);
+				c->changing++;
+			}
+			break;
+		case NEED_LOOKUP:
+			decide(c, i, mv__chunk_hash(c, i));
+			break;
+		}
+	}
+	mv__protect_where(c, found_changing, 0); /* changing pages are not watched */
+	c->volatile_pages += c->changing;
 }
 
 static void flush_counters(struct chunk *c)
@@ -285,66 +308,67 @@ static bool thp_allows(struct chunk *c, unsigned wanted)
 	return false;
 }
 
-/*
- * Step 5: can the chunk be skipped until the fault handler reports a write in it? Only
- * if nothing is pending (no volatile page, none left by the budget, none unhashed) and
- * every page of it is write-protected now, merged ones included: then no write can
- * happen without a fault. Needs empty ptes to be protectable (WP_UNPOPULATED).
- */
-static bool settle(struct chunk *c)
+/* Step 5: when to look at the chunk again (see struct mv_chunk_sched). */
+static void schedule(struct chunk *c, struct mv_chunk_sched *s, uint64_t now)
 {
-	struct mv_host *h = c->ctx->h;
-	if (!h->uffd_unpopulated)
-		return false;
-	for (unsigned i = 0; i < c->n; i++) {
-		const struct mv_page *p = page_of(c, i);
-		if ((p->flags & PF_RETRY) || atomic_load(&p->rescan))
-			return false;
-		if (p->state == PS_NEW && (c->cat[i] & MV_PAGE_IS_PRESENT) && !(c->cat[i] & MV_PAGE_IS_PFNZERO))
-			return false;
-	}
-	return !h->prim->uffd_wp(h->uffd, page_addr(c, 0), c->n * MV_PAGE_SIZE, 1);
+	if (c->changing && s->backoff < MV_BACKOFF_MAX)
+		s->backoff++;
+	else if (!c->changing && !c->seen_once)
+		s->backoff = 0;
+	uint64_t settle = (uint64_t)c->ctx->h->cfg.settle_ms * 1000000ull;
+	s->due_ns = c->changing || c->seen_once ? now + (settle << s->backoff) : 0;
 }
 
-/* The whole per-chunk algorithm of the overview. rcu_read_lock held, region alive.
- * The gate is closed before the kernel is asked which pages changed: a page reported
- * unwritten stays write-protected until the gate opens again. */
+static bool has_actions(const struct chunk *c)
+{
+	for (unsigned i = 0; i < c->n; i++)
+		if (c->act[i] != ACT_NONE)
+			return true;
+	return false;
+}
+
+/* The whole per-chunk algorithm of the overview. rcu_read_lock held, region alive. */
 static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t first, unsigned n)
 {
 	struct mv_host *h = ctx->h;
 	struct chunk *c = &(struct chunk){ .ctx = ctx, .r = r, .d = r->vm->dom, .first = first,
 	                                   .n = n, .last_merge = -1 };
 	uint8_t *hva = r->hva + first * MV_PAGE_SIZE;
+	struct mv_chunk_sched *s = &r->sched[mv__chunk_of(r, hva)];
 
 	pthread_mutex_lock(&r->lock);
-	mv__gate_enter(h, ctx->worker, hva, n * MV_PAGE_SIZE);
-	uint64_t id = mv__chunk_of(r, hva);
-	bool dirty = mv__take_dirty(r, id);
-	if (r->quiet[id] && !dirty && !atomic_load(&h->marks_lost)) {
-		mv__gate_leave(h, ctx->worker);
+	uint64_t now = mv__mono_ns();
+	if (s->due_ns > now) {
 		pthread_mutex_unlock(&r->lock);
-		return; /* nothing written since the last visit: the fault handler would know */
+		mv__count(r->vm, MV_C_BACKED_OFF, s->backoff > 0);
+		return;
 	}
-	r->quiet[id] = 0;
 	if (!h->prim->page_categories(h->pagemap_fd, hva, n, c->cat)) {
 		unsigned wanted = 0;
 		for (unsigned i = 0; i < n; i++)
 			wanted += (c->need[i] = refresh(c, i)) != NEED_NO;
 		c->nid = node_of(h, hva);
 		if (wanted && thp_allows(c, wanted)) {
-			protect(c);
-			for (unsigned i = 0; i < n; i++)
-				if (c->need[i])
-					decide(c, i);
-			mv__release_zero(c);
-			mv__map_merges(c);
+			look(c);
+			if (has_actions(c))
+				mv__replace(c);
 		}
-		r->quiet[id] = settle(c);
-		h->prim->uffd_wake(h->uffd, hva, n * MV_PAGE_SIZE);
+		schedule(c, s, now);
 	}
-	mv__gate_leave(h, ctx->worker);
 	pthread_mutex_unlock(&r->lock);
 	flush_counters(c);
+}
+
+struct mv_chunk_sched *mv__sched_new(uint64_t nr_chunks)
+{
+	return calloc(nr_chunks, sizeof(struct mv_chunk_sched));
+}
+
+void mv__scan_ctx_fini(struct mv_scan_ctx *ctx)
+{
+	if (ctx->hold)
+		ctx->h->prim->unmap(ctx->hold, MV_CHUNK_SIZE);
+	ctx->hold = NULL;
 }
 
 static bool map_holds(const struct mv_region_map *map, const struct mv_region *r)
@@ -363,12 +387,16 @@ static void throttle(struct mv_scan_ctx *ctx)
 		return;
 	double share = (double)atomic_load(&ctx->h->cpu_share_ppm) / 1e6;
 	uint64_t wall = mv__mono_ns(), cpu = mv__thread_cpu_ns();
+	uint64_t fault = (uint64_t)atomic_load(&ctx->h->fault_cpu_ns);
 	if (!ctx->win_wall || wall - ctx->win_wall > 1000000000ull) {
 		ctx->win_wall = wall;
 		ctx->win_cpu = cpu;
+		ctx->win_fault = fault;
 		return;
 	}
-	double owed = (double)(cpu - ctx->win_cpu) / share - (double)(wall - ctx->win_wall);
+	/* the fault handler's CPU counts too (shared by the workers, charged to each) */
+	uint64_t spent = cpu - ctx->win_cpu + fault - ctx->win_fault;
+	double owed = (double)spent / share - (double)(wall - ctx->win_wall);
 	if (owed > 1e9)
 		owed = 1e9; /* look at the share again within a second */
 	if (owed > 1e6) {

@@ -1,11 +1,18 @@
-/* track.c - write tracking: the userfaultfd fault handler and the batch gate.
+/* track.c - write tracking: the host's userfaultfd, replace windows and their fault handler.
  *
- * Guest pages that were hashed stay write-protected. A write to one sleeps in the kernel
- * and sends a fault here; the handler unprotects that page (the kernel now reports it
- * "written" to PAGEMAP_SCAN) and wakes the writer. While a worker is comparing and
- * replacing the pages of a chunk, faults inside that chunk wait at the gate: this is what
- * makes the merge atomic for writers. Each release also marks the page's chunk dirty, so
- * the scanner skips chunks where nothing was written since its last visit.
+ * Guest RAM is registered with one userfaultfd in asynchronous write-protect mode
+ * (UFFD_FEATURE_WP_ASYNC): a write to a protected page is resolved by the kernel in the
+ * writer's own fault (about a microsecond), never by a thread of ours, and PAGEMAP_SCAN
+ * reports the page written. That is all the scanner needs to tell quiet memory from
+ * memory that changed.
+ *
+ * Replacing a page needs more: no access may reach it between the last compare and the
+ * new mapping. While a worker replaces pages of one 2 MiB chunk it opens a window: the
+ * chunk is registered for missing-page faults too and the pages in flight are moved out
+ * (UFFDIO_MOVE, merge.c), so an access to one of them waits in the kernel until the
+ * window closes. Only accesses to that chunk wait, and only for one replace. The thread
+ * here notes when each waiting access arrived, so the wait can be accounted; an access
+ * that arrives after its window closed is woken at once.
  */
 #include "ksm.h"
 
@@ -14,53 +21,61 @@
 #include <poll.h>
 #include <unistd.h>
 
-void mv__gate_enter(struct mv_host *h, unsigned worker, void *lo, size_t len)
+void mv__gate_enter(struct mv_host *h, unsigned worker, struct mv_vm *vm, void *lo, size_t len)
 {
 	struct mv_batch_gate *g = &h->gate;
 	pthread_mutex_lock(&g->lock);
 	g->lo[worker] = (uintptr_t)lo;
 	g->hi[worker] = (uintptr_t)lo + len;
+	g->vm[worker] = vm;
+	g->nheld[worker] = 0;
+	g->untimed[worker] = 0;
 	pthread_mutex_unlock(&g->lock);
 }
 
+/* The window is closed (its accesses woken): account the waits of the accesses seen. */
 void mv__gate_leave(struct mv_host *h, unsigned worker)
 {
 	struct mv_batch_gate *g = &h->gate;
+	uint64_t now = mv__mono_ns(), total = 0, longest = 0;
 	pthread_mutex_lock(&g->lock);
+	struct mv_vm *vm = g->vm[worker];
+	unsigned n = g->nheld[worker];
+	for (unsigned i = 0; i < n; i++) {
+		uint64_t w = now - g->held_ns[worker][i];
+		total += w;
+		longest = w > longest ? w : longest;
+	}
+	uint64_t untimed = g->untimed[worker];
 	g->lo[worker] = g->hi[worker] = 0;
-	pthread_cond_broadcast(&g->done);
+	g->vm[worker] = NULL;
 	pthread_mutex_unlock(&g->lock);
+	if (!vm || !(n + untimed))
+		return;
+	mv__count(vm, MV_C_WRITE_FAULTS, (int64_t)(n + untimed));
+	mv__count(vm, MV_C_WAIT_NS, (int64_t)total);
+	mv__count_max(vm, MV_C_WAIT_MAX_NS, (int64_t)longest);
 }
 
-static bool gate_closed(const struct mv_batch_gate *g, uintptr_t addr)
-{
-	for (unsigned w = 0; w <= MV_GATE_DEVICE; w++)
-		if (addr >= g->lo[w] && addr < g->hi[w])
-			return true;
-	return false;
-}
-
-/* Let one writer go: unprotect its page, or just wake it if the page is no longer
- * registered (it was merged: the retried fault copies it). */
-static void release_writer(struct mv_host *h, uintptr_t addr)
+/* One access waiting on a missing page: note it for its window, or wake it if none is
+ * open there any more (it raced with the close). */
+static void note_fault(struct mv_host *h, uintptr_t addr)
 {
 	struct mv_batch_gate *g = &h->gate;
-	void *page = (void *)(addr & ~(MV_PAGE_SIZE - 1));
+	uint64_t now = mv__mono_ns();
 	pthread_mutex_lock(&g->lock);
-	while (gate_closed(g, addr))
-		pthread_cond_wait(&g->done, &g->lock);
-	/* Mark before the write can happen, and after any visit of the chunk has ended:
-	 * the next visit sees the mark. */
-	rcu_read_lock();
-	struct mv_region *r = mv__region_of_hva(rcu_dereference(h->by_hva), addr);
-	if (r) {
-		mv__mark_dirty(r, mv__chunk_of(r, page));
-		mv__bit_clear(r->hinted, (uint64_t)((uint8_t *)page - r->hva) >> MV_PAGE_SHIFT);
+	for (unsigned w = 0; w < MV_GATES; w++) {
+		if (addr < g->lo[w] || addr >= g->hi[w])
+			continue;
+		if (g->nheld[w] < MV_HELD_MAX)
+			g->held_ns[w][g->nheld[w]++] = now;
+		else
+			g->untimed[w]++;
+		pthread_mutex_unlock(&g->lock);
+		return;
 	}
-	rcu_read_unlock();
-	if (h->prim->uffd_wp(h->uffd, page, MV_PAGE_SIZE, 0))
-		h->prim->uffd_wake(h->uffd, page, MV_PAGE_SIZE);
 	pthread_mutex_unlock(&g->lock);
+	h->prim->uffd_wake(h->uffd, (void *)(addr & ~(MV_PAGE_SIZE - 1)), MV_PAGE_SIZE);
 }
 
 static void *fault_main(void *arg)
@@ -77,7 +92,7 @@ static void *fault_main(void *arg)
 		ssize_t r = read(h->uffd, msg, sizeof(msg));
 		for (ssize_t i = 0; i < r / (ssize_t)sizeof(msg[0]); i++)
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
-				release_writer(h, (uintptr_t)msg[i].arg.pagefault.address);
+				note_fault(h, (uintptr_t)msg[i].arg.pagefault.address);
 		atomic_fetch_add(&h->fault_cpu_ns, (int64_t)(mv__thread_cpu_ns() - t0));
 	}
 	return NULL;

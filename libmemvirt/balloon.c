@@ -511,7 +511,10 @@ static int hint_cmd_set(struct mv_balloon *b, bool start)
 		err = -ENOTSUP;
 	} else {
 		rcu_read_lock();
-		mv__bl_hint_complete(b, rcu_dereference(b->vm->map));
+		struct mv_region_map *map = rcu_dereference(b->vm->map);
+		mv__bl_hint_complete(b, map);
+		for (unsigned i = 0; start && map && i < map->n; i++)
+			mv__region_hint_begin(b->h, map->r[i]); /* watched before the guest can hint */
 		rcu_read_unlock();
 		uint32_t id = MV_BL_CMD_DONE;
 		while (start && (id <= MV_BL_CMD_DONE || id == b->cmd_id))

@@ -62,7 +62,7 @@ void mv__vma_refresh(struct mv_host *h, bool force)
 
 static int host_open_fds(struct mv_host *h)
 {
-	int err = mv__uffd_open(&h->uffd, &h->uffd_shmem, &h->uffd_unpopulated);
+	int err = mv__uffd_open(&h->uffd, &h->uffd_shmem);
 	if (err)
 		return err;
 	h->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -121,9 +121,7 @@ MV_API int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out)
 	pthread_mutex_init(&h->ctl_lock, NULL);
 	pthread_cond_init(&h->idle, NULL);
 	pthread_mutex_init(&h->gate.lock, NULL);
-	pthread_mutex_init(&h->device_gate_lock, NULL);
 	atomic_store(&h->cpu_share_ppm, (uint64_t)(h->cfg.cpu_share * 1e6 + 0.5));
-	pthread_cond_init(&h->gate.done, NULL);
 	err = mv__random(h->secret, sizeof(h->secret));
 	if (err)
 		goto fail_random;
@@ -165,7 +163,6 @@ MV_API void mv_host_free(struct mv_host *h)
 	}
 	mv__track_stop(h);
 	rcu_barrier(); /* every call_rcu callback (nodes, regions) has run */
-	free(h->by_hva);
 	close(h->stop_fd);
 	close(h->pagemap_fd);
 	close(h->uffd);
@@ -219,6 +216,7 @@ static void *worker_main(void *arg)
 			nanosleep(&ts, NULL);
 		}
 	}
+	mv__scan_ctx_fini(&ctx);
 	return NULL;
 }
 
@@ -290,6 +288,7 @@ MV_API int mv_host_scan(struct mv_host *h, unsigned passes)
 	struct mv_scan_ctx ctx = { .h = h, .worker = MV_GATE_SYNC };
 	for (unsigned i = 0; i < passes; i++)
 		host_pass(h, &ctx);
+	mv__scan_ctx_fini(&ctx);
 	pthread_mutex_unlock(&h->ctl_lock);
 	return 0;
 }

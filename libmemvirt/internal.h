@@ -23,6 +23,7 @@ enum mv_counter {
 struct mv_counters { _Atomic int64_t v[MV_C_NR]; };
 
 struct mv_page;   /* scanner state of one guest page: ksm-scanner/ksm.h */
+struct mv_chunk_sched;
 struct mv_store;
 
 /* One registered memslot. Immutable after publication except `dead` and the page states,
@@ -40,16 +41,17 @@ struct mv_region {
 	                            completion (guards the page states and mappings) */
 	_Atomic bool dead;       /* being removed: readers must not touch hva */
 	struct mv_page *pages;   /* npages entries */
+	uint32_t *sum;           /* per page: low 32 bits of its hash at its last look */
 	uintptr_t chunk0;        /* hva >> 21 of the first page: chunks are 2 MiB of hva */
 	uint64_t nr_chunks;
-	_Atomic uint64_t *dirty; /* bit per chunk: a page was written (or its twin found) since
-	                            the chunk's last visit; set by the fault handler */
-	uint8_t *quiet;          /* per chunk: fully protected, nothing pending: skip unless dirty */
+	struct mv_chunk_sched *sched; /* per chunk, under lock: when to look at it again */
 	_Atomic long vmas;       /* mappings added by merging in this region */
 	/* Bit per page, owned by the VM's balloon device: */
 	_Atomic uint64_t *ballooned; /* in the balloon (set by inflate, cleared by deflate) */
-	_Atomic uint64_t *hinted;    /* hinted free and unwritten since: the fault handler
-	                                clears the bit before it lets a writer go */
+	_Atomic uint64_t *hinted;    /* hinted free by the guest in the current hint run */
+	_Atomic uint64_t *hint_clean; /* write-protected without a break since the hint run
+	                                began: any path that lifts a page's protection, moves
+	                                or releases it clears the bit (mv__hint_forget) */
 	struct rcu_head rcu;
 };
 
@@ -87,15 +89,20 @@ struct mv_vm {
 	struct mv_counters c;
 };
 
-/* The write-protect exclusion: the fault handler never unprotects a page inside a chunk
- * that a worker is comparing and replacing. */
+/* Replace windows: the 2 MiB chunk each worker is replacing pages in, where guest
+ * accesses to pages in flight wait (ksm-scanner/track.c). The fault handler notes when
+ * each waiting access arrived; the worker accounts the waits when it closes the window. */
 #define MV_MAX_WORKERS 16
 #define MV_GATE_SYNC   MV_MAX_WORKERS       /* mv_host_scan() */
-#define MV_GATE_DEVICE (MV_MAX_WORKERS + 1) /* hint completions, under device_gate_lock */
+#define MV_GATES       (MV_MAX_WORKERS + 1)
+#define MV_HELD_MAX    64                   /* waits timed per window; more are counted */
 struct mv_batch_gate {
 	pthread_mutex_t lock;
-	pthread_cond_t done;
-	uintptr_t lo[MV_MAX_WORKERS + 2], hi[MV_MAX_WORKERS + 2]; /* active ranges, 0 = none */
+	uintptr_t lo[MV_GATES], hi[MV_GATES]; /* open windows, 0 = none */
+	struct mv_vm *vm[MV_GATES];
+	unsigned nheld[MV_GATES];
+	uint64_t held_ns[MV_GATES][MV_HELD_MAX]; /* arrival of each waiting access */
+	uint64_t untimed[MV_GATES];              /* waiting accesses beyond MV_HELD_MAX */
 };
 
 struct mv_host {
@@ -104,18 +111,13 @@ struct mv_host {
 	const struct mv_prim *prim;
 	int uffd, pagemap_fd, stop_fd;
 	bool uffd_shmem;               /* store mappings can be write-protected too */
-	bool uffd_unpopulated;         /* protecting empty ptes works: every write is seen */
-	struct mv_region_map *by_hva;  /* RCU: all regions of all VMs, by hva (fault handler) */
 	uint8_t secret[192];           /* XXH3 secret: a guest cannot aim at one bucket */
 	uint64_t zero_hash;
 	pthread_mutex_t lock;          /* vms, domains, workers, busy flags */
 	pthread_mutex_t ctl_lock;      /* serialises start, stop and mv_host_scan() */
-	atomic_bool marks_lost;        /* the by_hva table could not be rebuilt once: dirty
-	                                  marks may be missing, never skip a quiet chunk */
 	pthread_cond_t idle;           /* a VM stopped being busy */
 	struct cds_list_head vms, domains;
 	struct mv_batch_gate gate;
-	pthread_mutex_t device_gate_lock; /* one user of gate slot MV_GATE_DEVICE at a time */
 	pthread_t fault_thread;
 	bool fault_thread_up;
 	pthread_t workers[MV_MAX_WORKERS];
@@ -139,7 +141,6 @@ void mv__log(struct mv_host *h, enum mv_log_level lvl, const char *fmt, ...)
 
 /* vm.c */
 struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa);
-struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva);
 int mv__vm_hold_next(struct mv_host *h, struct mv_vm *after, struct mv_vm **out);
 void mv__vm_release(struct mv_vm *vm);
 void mv__vm_remove_all(struct mv_vm *vm);
@@ -160,14 +161,22 @@ struct mv_prange { uint64_t first, n; };
  * (dropping their share). Takes r->lock. 0 or the first -errno (the rest is still tried). */
 int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_prange *ranges,
                        size_t n);
-/* Free page hinting. arm: set the hinted bits and write-protect the pages; -ENOTSUP
- * (nothing armed) when the region's writes cannot be tracked. complete: release the
- * pages of the range still hinted, still write-protected and not backed by a page
- * store, with the fault handler holding writers of the range meanwhile; clear the bits.
- * *released counts the pages released. */
+/*
+ * Free page hinting, in three steps (see release.c):
+ * begin: at the start of a hint run, before the guest can hint anything, write-protect
+ *   the whole region and set every page's hint_clean bit; -ENOTSUP when the region's
+ *   writes cannot be tracked (then nothing hinted there is ever released).
+ * arm: the guest hinted [first, first+n): set the hinted bits.
+ * complete: release the pages of the range that are hinted and were never written since
+ *   the run began, atomically against guest writes (a write at any moment wins); clear
+ *   the bits. *released counts the pages released.
+ */
+int mv__region_hint_begin(struct mv_host *h, struct mv_region *r);
 int mv__region_hint_arm(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n);
 int mv__region_hint_complete(struct mv_host *h, struct mv_region *r, uint64_t first, uint64_t n,
                              uint64_t *released);
+/* Pages [first, first+n) may have been written unseen: they can no longer be hinted away. */
+void mv__hint_forget(struct mv_region *r, uint64_t first, uint64_t n);
 
 static inline bool mv__bit_test(_Atomic uint64_t *map, uint64_t i)
 {
@@ -186,7 +195,7 @@ static inline bool mv__bit_clear(_Atomic uint64_t *map, uint64_t i)
 /* The per-host fault handler and the batch gate: ksm-scanner/track.c */
 int mv__track_start(struct mv_host *h);
 void mv__track_stop(struct mv_host *h);
-void mv__gate_enter(struct mv_host *h, unsigned worker, void *lo, size_t len);
+void mv__gate_enter(struct mv_host *h, unsigned worker, struct mv_vm *vm, void *lo, size_t len);
 void mv__gate_leave(struct mv_host *h, unsigned worker);
 
 #endif

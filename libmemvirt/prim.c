@@ -54,6 +54,15 @@ static int unmap(void *addr, size_t len)
 	return neg_errno(munmap(addr, len));
 }
 
+static int map_anon(size_t len, void **out)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	*out = p;
+	return 0;
+}
+
 /* This process's pidfd, for process_madvise(); opened once, -1 if unavailable. */
 static int self_pidfd = -1;
 static pthread_once_t self_pidfd_once = PTHREAD_ONCE_INIT;
@@ -64,30 +73,51 @@ static void open_self_pidfd(void)
 }
 
 /* One process_madvise() call for up to 1024 ranges; false if it did not do them all. */
-static bool dontneed_vector(const struct iovec *iov, size_t n)
+static bool advise_vector(const struct iovec *iov, size_t n, int advice)
 {
 	size_t want = 0;
 	for (size_t i = 0; i < n; i++)
 		want += iov[i].iov_len;
-	long r = syscall(SYS_process_madvise, self_pidfd, iov, n, MADV_DONTNEED, 0);
+	long r = syscall(SYS_process_madvise, self_pidfd, iov, n, advice, 0);
 	return r >= 0 && (size_t)r == want;
 }
 
-static int dontneed(const struct iovec *iov, size_t n)
+/* madvise(advice) on n ranges, 1024 per process_madvise() call where the kernel takes
+ * that advice there, else one madvise() per range (again for what a partial vector did:
+ * every advice used here may be repeated). */
+static int advise(const struct iovec *iov, size_t n, int advice)
 {
 	if (n > 1)
 		pthread_once(&self_pidfd_once, open_self_pidfd);
 	while (n) {
 		size_t k = n > 1024 ? 1024 : n;
-		if (n == 1 || self_pidfd < 0 || !dontneed_vector(iov, k)) {
-			for (size_t i = 0; i < k; i++) /* (again for what a partial vector did) */
-				if (madvise(iov[i].iov_base, iov[i].iov_len, MADV_DONTNEED))
+		if (n == 1 || self_pidfd < 0 || !advise_vector(iov, k, advice)) {
+			for (size_t i = 0; i < k; i++)
+				if (madvise(iov[i].iov_base, iov[i].iov_len, advice))
 					return -errno;
 		}
 		iov += k;
 		n -= k;
 	}
 	return 0;
+}
+
+static int dontneed(const struct iovec *iov, size_t n)
+{
+	return advise(iov, n, MADV_DONTNEED);
+}
+
+static int lazyfree(const struct iovec *iov, size_t n)
+{
+	return advise(iov, n, MADV_FREE);
+}
+
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+static int pageout(const struct iovec *iov, size_t n)
+{
+	return advise(iov, n, MADV_PAGEOUT);
 }
 
 static int map_anon_fixed(void *addr, size_t len)
@@ -121,11 +151,32 @@ static int uffd_wake(int uffd, void *addr, size_t len)
 	return neg_errno(ioctl(uffd, UFFDIO_WAKE, &r));
 }
 
-static int uffd_register_wp(int uffd, void *addr, size_t len)
+static int uffd_register(int uffd, void *addr, size_t len, unsigned modes)
 {
-	struct uffdio_register r = { .range = { (uintptr_t)addr, len },
-	                             .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_register r = {
+		.range = { (uintptr_t)addr, len },
+		.mode = (modes & MV_UFFD_WP ? UFFDIO_REGISTER_MODE_WP : 0) |
+		        (modes & MV_UFFD_MISSING ? UFFDIO_REGISTER_MODE_MISSING : 0),
+	};
 	return neg_errno(ioctl(uffd, UFFDIO_REGISTER, &r));
+}
+
+/* UFFDIO_MOVE (Linux 6.8) may be missing from the installed uapi headers. */
+struct mv_uffdio_move { uint64_t dst, src, len, mode; int64_t move; };
+#define MV_UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct mv_uffdio_move)
+
+static long uffd_move(int uffd, void *dst, void *src, size_t len)
+{
+	struct mv_uffdio_move m = { (uintptr_t)dst, (uintptr_t)src, len, 0, 0 };
+	if (!ioctl(uffd, MV_UFFDIO_MOVE, &m))
+		return (long)len;
+	return m.move > 0 ? (long)m.move : -errno;
+}
+
+static int uffd_copy(int uffd, void *dst, const void *src, size_t len)
+{
+	struct uffdio_copy c = { (uintptr_t)dst, (uintptr_t)src, len, 0, 0 };
+	return neg_errno(ioctl(uffd, UFFDIO_COPY, &c));
 }
 
 static int uffd_unregister(int uffd, void *addr, size_t len)
@@ -173,13 +224,18 @@ const struct mv_prim mv__prim_linux = {
 	.map_private = map_private,
 	.move_fixed = move_fixed,
 	.unmap = unmap,
+	.map_anon = map_anon,
 	.dontneed = dontneed,
+	.lazyfree = lazyfree,
+	.pageout = pageout,
 	.map_anon_fixed = map_anon_fixed,
 	.remove = remove_range,
 	.populate_write = populate_write,
 	.uffd_wp = uffd_wp,
 	.uffd_wake = uffd_wake,
-	.uffd_register_wp = uffd_register_wp,
+	.uffd_register = uffd_register,
+	.uffd_move = uffd_move,
+	.uffd_copy = uffd_copy,
 	.uffd_unregister = uffd_unregister,
 	.page_categories = page_categories,
 	.store_write = store_write,
@@ -201,26 +257,26 @@ static int uffd_api(uint64_t features, int *out)
 	return 0;
 }
 
-/* A write-protect userfaultfd; *shmem tells whether store (shmem) mappings can be
- * protected too, *unpopulated whether empty ptes can be. The API handshake can be done
- * once per fd: older kernels get another fd with fewer features. */
+/* The API handshake can be done once per fd: a kernel without shmem write-protection
+ * gets another fd without it. */
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13) /* Linux 6.4 */
 #endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)       /* Linux 6.7 */
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)           /* Linux 6.8 */
+#endif
 
-int mv__uffd_open(int *out, bool *shmem, bool *unpopulated)
+int mv__uffd_open(int *out, bool *shmem)
 {
-	static const uint64_t tries[] = {
-		UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED,
-		UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
-		UFFD_FEATURE_PAGEFAULT_FLAG_WP,
-	};
-	int err = -ENOSYS;
-	for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]) && err == -ENOSYS; i++) {
-		err = uffd_api(tries[i], out);
-		*shmem = tries[i] & UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
-		*unpopulated = tries[i] & UFFD_FEATURE_WP_UNPOPULATED;
-	}
+	const uint64_t base = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED |
+	                      UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_MOVE;
+	int err = uffd_api(base | UFFD_FEATURE_WP_HUGETLBFS_SHMEM, out);
+	*shmem = !err;
+	if (err == -ENOSYS)
+		err = uffd_api(base, out);
 	return err;
 }
 

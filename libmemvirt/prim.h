@@ -35,8 +35,14 @@ struct mv_prim {
 	/* mremap(from -> to, MREMAP_MAYMOVE|MREMAP_FIXED): replace [to, to+len) atomically. */
 	int (*move_fixed)(void *from, size_t len, void *to);
 	int (*unmap)(void *addr, size_t len);
+	/* mmap(NULL, len, RW, MAP_PRIVATE|MAP_ANONYMOUS): fresh memory of our own. */
+	int (*map_anon)(size_t len, void **out);
 	/* madvise(MADV_DONTNEED) on n ranges (process_madvise when n > 1 and available). */
 	int (*dontneed)(const struct iovec *iov, size_t n);
+	/* madvise(MADV_FREE): the kernel may drop these pages unless they are written after
+	 * this call. Then madvise(MADV_PAGEOUT): reclaim now what is still clean. */
+	int (*lazyfree)(const struct iovec *iov, size_t n);
+	int (*pageout)(const struct iovec *iov, size_t n);
 	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED): fresh zero pages. */
 	int (*map_anon_fixed)(void *addr, size_t len);
 	/* madvise(MADV_REMOVE): free the backing of a shared mapping (punch the file). */
@@ -46,7 +52,16 @@ struct mv_prim {
 	/* userfaultfd write-protect (wp = 1) or unprotect and wake (wp = 0). */
 	int (*uffd_wp)(int uffd, void *addr, size_t len, int wp);
 	int (*uffd_wake)(int uffd, void *addr, size_t len);
-	int (*uffd_register_wp)(int uffd, void *addr, size_t len);
+	/* UFFDIO_REGISTER with MV_UFFD_* modes. Registering more modes on a registered range
+	 * adds them; only unregistering takes them away (and drops its write protection). */
+	int (*uffd_register)(int uffd, void *addr, size_t len, unsigned modes);
+	/* UFFDIO_MOVE: move the pages of [src, src+len) to the empty ptes of [dst, dst+len)
+	 * (both private anonymous, dst registered with uffd). Returns the bytes moved (a
+	 * prefix; fewer than len when a page could not be moved: pinned, absent) or -errno
+	 * when none was. */
+	long (*uffd_move)(int uffd, void *dst, void *src, size_t len);
+	/* UFFDIO_COPY: fill the empty ptes of [dst, dst+len) with a copy of src. */
+	int (*uffd_copy)(int uffd, void *dst, const void *src, size_t len);
 	int (*uffd_unregister)(int uffd, void *addr, size_t len);
 	/* Page categories (MV_PAGE_IS_*) of n pages from addr, one byte each into cat[]. */
 	int (*page_categories)(int pagemap_fd, const void *addr, size_t n, uint8_t *cat);
@@ -58,8 +73,15 @@ struct mv_prim {
 
 extern const struct mv_prim mv__prim_linux;
 
+#define MV_UFFD_WP      1u
+#define MV_UFFD_MISSING 2u
+
 /* One-shot helpers (not on hot paths). */
-int mv__uffd_open(int *out, bool *shmem, bool *unpopulated); /* sync write-protect uffd */
+/* A userfaultfd whose write-protect faults the kernel resolves itself (WP_ASYNC: a
+ * write to a protected page never waits for a thread; PAGEMAP_SCAN reports it written),
+ * with empty ptes protectable and UFFDIO_MOVE (Linux 6.8). *shmem: store (shmem)
+ * mappings can be protected too. -ENOSYS when the kernel lacks any of it. */
+int mv__uffd_open(int *out, bool *shmem);
 int mv__memfd_store(const char *name, size_t size, int *out);
 int mv__read_long(const char *path, long *out);
 int mv__count_maps(long *out);               /* lines of /proc/self/maps */

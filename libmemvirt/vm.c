@@ -139,17 +139,11 @@ static struct mv_region *region_search(struct mv_region_map *map, uint64_t addr,
 	return NULL;
 }
 
-static void hva_index_publish(struct mv_host *h);
-
 struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa)
 {
 	return region_search(map, gpa, false);
 }
 
-struct mv_region *mv__region_of_hva(struct mv_region_map *map, uintptr_t hva)
-{
-	return region_search(map, hva, true);
-}
 
 MV_API void *mv_vm_gpa_to_hva(struct mv_vm *vm, uint64_t gpa, uint64_t len)
 {
@@ -215,10 +209,11 @@ static int map_replace(struct mv_vm *vm, struct mv_region *add, struct mv_region
 static void region_free(struct mv_region *r)
 {
 	free(r->pages);
-	free((void *)r->dirty);
+	free(r->sum);
+	free(r->sched);
 	free((void *)r->ballooned);
 	free((void *)r->hinted);
-	free(r->quiet);
+	free((void *)r->hint_clean);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
 }
@@ -234,12 +229,13 @@ static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gp
 	                         .npages = size >> MV_PAGE_SHIFT, .hva = hva, .vm = vm,
 	                         .chunk0 = a >> 21, .nr_chunks = ((a + size - 1) >> 21) - (a >> 21) + 1 };
 	r->pages = calloc(r->npages, sizeof(*r->pages));
-	r->dirty = calloc((r->nr_chunks + 63) / 64, sizeof(*r->dirty));
-	r->quiet = calloc(r->nr_chunks, 1);
+	r->sum = calloc(r->npages, sizeof(*r->sum));
+	r->sched = mv__sched_new(r->nr_chunks);
 	r->ballooned = calloc((r->npages + 63) / 64, sizeof(*r->ballooned));
 	r->hinted = calloc((r->npages + 63) / 64, sizeof(*r->hinted));
+	r->hint_clean = calloc((r->npages + 63) / 64, sizeof(*r->hint_clean));
 	pthread_mutex_init(&r->lock, NULL);
-	if (!r->pages || !r->dirty || !r->quiet || !r->ballooned || !r->hinted) {
+	if (!r->pages || !r->sum || !r->sched || !r->ballooned || !r->hinted || !r->hint_clean) {
 		region_free(r);
 		return NULL;
 	}
@@ -249,49 +245,6 @@ static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gp
 static void region_free_rcu(struct rcu_head *head)
 {
 	region_free(caa_container_of(head, struct mv_region, rcu));
-}
-
-static int by_hva(const void *a, const void *b)
-{
-	uintptr_t x = (uintptr_t)(*(struct mv_region *const *)a)->hva;
-	uintptr_t y = (uintptr_t)(*(struct mv_region *const *)b)->hva;
-	return x < y ? -1 : x > y;
-}
-
-/* Rebuild the host's table of every region by host address, for the fault handler.
- * host->lock held. Without memory for the table, publish none (the old one may point
- * at a region being removed) and stop trusting quiet chunks: with dirty marks missing,
- * every chunk is visited again, as before write tracking. */
-static void hva_index_publish(struct mv_host *h)
-{
-	unsigned n = 0;
-	struct mv_vm *vm;
-	cds_list_for_each_entry(vm, &h->vms, link)
-		n += vm->map ? vm->map->n : 0;
-	struct mv_region_map *m = malloc(sizeof(*m) + n * sizeof(m->r[0]));
-	if (!m) {
-		atomic_store(&h->marks_lost, true);
-		mv__log(h, MV_LOG_WARN, "out of memory for the fault handler's region table: "
-		        "every chunk is rescanned from now on");
-	} else {
-		m->n = 0;
-		cds_list_for_each_entry(vm, &h->vms, link)
-			for (unsigned i = 0; vm->map && i < vm->map->n; i++)
-				m->r[m->n++] = vm->map->r[i];
-		qsort(m->r, m->n, sizeof(m->r[0]), by_hva);
-	}
-	struct mv_region_map *old = h->by_hva;
-	rcu_assign_pointer(h->by_hva, m);
-	synchronize_rcu();
-	free(old);
-}
-
-/* hva_index_publish() for callers that do not hold host->lock. */
-static void hva_index_update(struct mv_host *h)
-{
-	pthread_mutex_lock(&h->lock);
-	hva_index_publish(h);
-	pthread_mutex_unlock(&h->lock);
 }
 
 /* Why memory of this kind cannot be merged: "" if it can. */
@@ -325,7 +278,7 @@ static void region_arm(struct mv_host *h, struct mv_region *r)
 		        r->vm->name, r->slot, unmergeable_why(kind));
 		return;
 	}
-	int err = h->prim->uffd_register_wp(h->uffd, r->hva, r->size);
+	int err = h->prim->uffd_register(h->uffd, r->hva, r->size, MV_UFFD_WP);
 	if (err) {
 		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes (%s): its pages will not "
 		        "be merged", r->vm->name, r->slot, mv_strerror(err));
@@ -355,10 +308,8 @@ MV_API int mv_vm_region_add(struct mv_vm *vm, uint32_t slot, uint64_t gpa, void 
 		err = map_replace(vm, r, NULL);
 		if (err && r->registered)
 			h->prim->uffd_unregister(h->uffd, r->hva, r->size);
-		else if (!err) {
-			hva_index_publish(h);
+		else if (!err)
 			atomic_fetch_add(&vm->dom->pages, (int64_t)r->npages);
-		}
 	}
 	pthread_mutex_unlock(&h->lock);
 	pthread_mutex_unlock(&vm->lock);
@@ -398,10 +349,8 @@ MV_API int mv_vm_region_remove(struct mv_vm *vm, uint32_t slot)
 		if (vm->map->r[i]->slot == slot)
 			r = vm->map->r[i];
 	int err = r ? map_replace(vm, NULL, r) : -ENOENT;
-	if (!err) {
-		hva_index_update(vm->host);
+	if (!err)
 		region_retire(vm->host, r);
-	}
 	pthread_mutex_unlock(&vm->lock);
 	return err;
 }
@@ -411,7 +360,6 @@ void mv__vm_remove_all(struct mv_vm *vm)
 	pthread_mutex_lock(&vm->lock);
 	struct mv_region_map *m = vm->map;
 	rcu_assign_pointer(vm->map, NULL);
-	hva_index_update(vm->host);
 	synchronize_rcu();
 	for (unsigned i = 0; m && i < m->n; i++)
 		region_retire(vm->host, m->r[i]);

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <string.h>
 #include <memvirt/memvirt.h>
+#include <unistd.h>
+#include "ksm.h"
 #include "testutil.h"
 
 #define PAGES    2048
@@ -69,17 +71,38 @@ static void *writer(void *arg)
 static void race_round(struct mv_host *h, void *(*fn)(void *), int round)
 {
 	pthread_t w[WRITERS];
-	assert_int_equal(mv_host_scan(h, 1), 0);
+	assert_int_equal(mv_host_scan(h, 2), 0);
 	atomic_store(&stop, false);
 	long w0 = atomic_load(&writes);
 	for (uintptr_t t = 0; t < WRITERS; t++)
 		pthread_create(&w[t], NULL, fn, (void *)(t + (uintptr_t)round * WRITERS));
 	do
-		assert_int_equal(mv_host_scan(h, 1), 0);
+		assert_int_equal(mv_host_scan(h, 2), 0);
 	while (atomic_load(&writes) - w0 < 64);
 	atomic_store(&stop, true);
 	for (int t = 0; t < WRITERS; t++)
 		pthread_join(w[t], NULL);
+}
+
+/* Pages leave the guest for the replace window a little slowly, so that the writers
+ * really do hit pages in flight (the window is otherwise a few microseconds). */
+static long move_slowly(int uffd, void *dst, void *src, size_t len)
+{
+	long r = mv__prim_linux.uffd_move(uffd, dst, src, len);
+	if (r > 0 && (uint8_t *)src >= mem && (uint8_t *)src < mem + PAGES * TPAGE)
+		usleep(200);
+	return r;
+}
+
+static struct mv_prim slow_prim;
+
+static struct mv_host *racing_host(void)
+{
+	struct mv_host *h = tu_host();
+	slow_prim = mv__prim_linux;
+	slow_prim.uffd_move = move_slowly;
+	h->prim = &slow_prim;
+	return h;
 }
 
 static size_t mismatches(void)
@@ -100,7 +123,7 @@ static void no_write_is_lost(void **state)
 		memcpy(mem + i * TPAGE, templates[i % TEMPLATES], TPAGE);
 	memcpy(shadow, mem, PAGES * TPAGE);
 
-	struct mv_host *h = tu_host();
+	struct mv_host *h = racing_host();
 	struct mv_vm_config vc;
 	mv_vm_config_init(&vc);
 	vc.name = "racer";
@@ -127,7 +150,7 @@ static void no_write_is_lost(void **state)
 		}
 	}
 	assert_int_equal(bad, 0);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 
 	printf("writes %ld, merged pages seen across rounds %lu, cow breaks %lu\n",
 	       atomic_load(&writes), merged_seen, cow_seen);
@@ -167,7 +190,7 @@ static void no_write_is_lost_in_cloned_chunks(void **state)
 	uint8_t *image_copy = malloc(PAGES * TPAGE);
 	memcpy(image_copy, image, PAGES * TPAGE);
 
-	struct mv_host *h = tu_host();
+	struct mv_host *h = racing_host();
 	struct mv_vm_config vc;
 	mv_vm_config_init(&vc);
 	vc.domain = "golden";
@@ -210,6 +233,7 @@ static void regions_come_and_go_under_workers(void **state)
 {
 	struct mv_host_config cfg;
 	mv_host_config_init(&cfg);
+	cfg.settle_ms = 0;
 	cfg.workers = 2;
 	cfg.cpu_share = 1.0;
 	struct mv_host *h;
@@ -233,7 +257,7 @@ static void regions_come_and_go_under_workers(void **state)
 	}
 	assert_int_equal(mv_vm_region_add(vm2, 9, 0, m[R - 1], RP * TPAGE, 0), 0);
 	assert_int_equal(mv_host_start(h), 0);
-	assert_int_equal(mv_host_scan(h, 1), -EBUSY);
+	assert_int_equal(mv_host_scan(h, 2), -EBUSY);
 	for (int round = 0; round < 40; round++) {
 		int r = round % (R - 1);
 		assert_int_equal(mv_vm_region_add(vm, (uint32_t)r, (uint64_t)r << 30, m[r], RP * TPAGE, 0), 0);

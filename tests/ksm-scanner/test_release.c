@@ -81,7 +81,7 @@ static void merged_pages_drop_their_share(void **state)
 	struct fixture *f = *state;
 	if (!tu_pfn(f->mem))
 		TU_SKIP("pagemap PFNs need root");
-	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(mv_host_scan(f->h, 3), 0);
 	assert_int_equal(tu_pfn(f->mem + 100 * TPAGE), tu_pfn(f->mem + 101 * TPAGE));
 	assert_int_not_equal(f->r->pages[100].slot, MV_SLOT_ANON);
 	struct mv_scan_stats before, after;
@@ -100,7 +100,7 @@ static void merged_pages_drop_their_share(void **state)
 	/* the released page is the guest's again: a write is private and is kept */
 	f->mem[100 * TPAGE + 5] = 0x77;
 	assert_int_not_equal(tu_pfn(f->mem + 100 * TPAGE), tu_pfn(f->mem + 101 * TPAGE));
-	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(mv_host_scan(f->h, 3), 0);
 	assert_int_equal(f->mem[100 * TPAGE + 5], 0x77);
 	assert_memory_equal(f->mem + 101 * TPAGE, twin, TPAGE);
 }
@@ -108,10 +108,11 @@ static void merged_pages_drop_their_share(void **state)
 static void hinted_pages_go_only_if_unwritten(void **state)
 {
 	struct fixture *f = *state;
-	int err = mv__region_hint_arm(f->h, f->r, 512, 512);
+	int err = mv__region_hint_begin(f->h, f->r);
 	if (err == -ENOTSUP)
 		TU_SKIP("guest RAM writes cannot be tracked here");
 	assert_int_equal(err, 0);
+	assert_int_equal(mv__region_hint_arm(f->h, f->r, 512, 512), 0);
 	f->mem[700 * TPAGE + 1] = 0x42; /* reused by the guest after the hint */
 	uint64_t released = 0;
 	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
@@ -121,6 +122,55 @@ static void hinted_pages_go_only_if_unwritten(void **state)
 	assert_true(page_is_zero(f->mem + 701 * TPAGE));
 	assert_true(tu_is_zero_pfn(f->mem + 701 * TPAGE));
 	assert_false(page_is_zero(f->mem + 1100 * TPAGE)); /* outside the hint */
+}
+
+/* The guest may reuse a page it hinted before the device has even read the hint: the
+ * write lands between the hint being queued and being armed, and must survive. */
+static void write_before_the_hint_is_read_survives(void **state)
+{
+	struct fixture *f = *state;
+	if (mv__region_hint_begin(f->h, f->r) == -ENOTSUP) /* the run starts */
+		TU_SKIP("guest RAM writes cannot be tracked here");
+	f->mem[600 * TPAGE + 9] = 0x5a; /* hinted (queued), then reused at once */
+	assert_int_equal(mv__region_hint_arm(f->h, f->r, 512, 512), 0); /* the device reads it */
+	uint64_t released = 0;
+	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
+	assert_int_equal(f->mem[600 * TPAGE + 9], 0x5a);
+	assert_int_equal(released, 511);
+}
+
+/* A hinted page that another path gives back (a balloon release here) loses its claim:
+ * written afterwards and protected again by the scanner, it is not discarded. */
+static void hint_claim_ends_when_released_elsewhere(void **state)
+{
+	struct fixture *f = *state;
+	if (mv__region_hint_begin(f->h, f->r) == -ENOTSUP)
+		TU_SKIP("guest RAM writes cannot be tracked here");
+	assert_int_equal(mv__region_hint_arm(f->h, f->r, 512, 512), 0);
+	struct mv_prange rg = { 650, 1 };
+	assert_int_equal(mv__region_discard(f->h, f->r, &rg, 1), 0); /* inflated meanwhile */
+	f->mem[650 * TPAGE + 3] = 0x6b;                                /* deflated, reused */
+	assert_int_equal(mv_host_scan(f->h, 4), 0); /* the scanner finds it stable: protected */
+	uint64_t released = 0;
+	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
+	assert_int_equal(f->mem[650 * TPAGE + 3], 0x6b);
+}
+
+/* The same through the scanner: a hinted zero page it releases, then reused. */
+static void hint_claim_ends_when_the_scanner_releases(void **state)
+{
+	struct fixture *f = *state;
+	if (mv__region_hint_begin(f->h, f->r) == -ENOTSUP)
+		TU_SKIP("guest RAM writes cannot be tracked here");
+	assert_int_equal(mv__region_hint_arm(f->h, f->r, 512, 512), 0);
+	memset(f->mem + 660 * TPAGE, 0, TPAGE);
+	assert_int_equal(mv_host_scan(f->h, 3), 0); /* released as a zero page */
+	assert_true(tu_is_zero_pfn(f->mem + 660 * TPAGE) || !tu_pfn(f->mem + 660 * TPAGE));
+	f->mem[660 * TPAGE + 3] = 0x6c;
+	assert_int_equal(mv_host_scan(f->h, 4), 0);
+	uint64_t released = 0;
+	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
+	assert_int_equal(f->mem[660 * TPAGE + 3], 0x6c);
 }
 
 /* A guest that reuses hinted pages while the hint completes: every write made after the
@@ -150,8 +200,9 @@ static void hint_races_with_writers(void **state)
 	struct writer *w = calloc(1, sizeof(*w));
 	*w = (struct writer){ .mem = f->mem, .first = 0, .n = 1024, .seed = 7 };
 	for (int round = 0; round < 60; round++) {
-		if (mv__region_hint_arm(f->h, f->r, w->first, w->n) == -ENOTSUP)
+		if (mv__region_hint_begin(f->h, f->r) == -ENOTSUP)
 			TU_SKIP("guest RAM writes cannot be tracked here");
+		assert_int_equal(mv__region_hint_arm(f->h, f->r, w->first, w->n), 0);
 		memset(w->last, 0, sizeof(w->last));
 		atomic_store(&w->stop, false);
 		pthread_t t;
@@ -180,7 +231,7 @@ static int fail_map_anon(void *addr, size_t len) { return -ENOMEM; }
 static void failed_release_changes_nothing(void **state)
 {
 	struct fixture *f = *state;
-	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(mv_host_scan(f->h, 3), 0);
 	struct mv_prim broken = mv__prim_linux;
 	broken.dontneed = fail_dontneed;
 	broken.map_anon_fixed = fail_map_anon;
@@ -206,6 +257,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(merged_pages_drop_their_share, setup, teardown),
 		cmocka_unit_test_setup_teardown(hinted_pages_go_only_if_unwritten, setup, teardown),
 		cmocka_unit_test_setup_teardown(hint_races_with_writers, setup, teardown),
+		cmocka_unit_test_setup_teardown(write_before_the_hint_is_read_survives, setup, teardown),
+		cmocka_unit_test_setup_teardown(hint_claim_ends_when_released_elsewhere, setup, teardown),
+		cmocka_unit_test_setup_teardown(hint_claim_ends_when_the_scanner_releases, setup, teardown),
 		cmocka_unit_test_setup_teardown(failed_release_changes_nothing, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -98,7 +98,7 @@ static void identical_pages_share_a_frame(void **state)
 	struct guest g;
 	guest_init(&g, h, "a", NULL, 1024, mixed_seed);
 	long maps_before = guest_vmas(&g, 1);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	long maps_after = guest_vmas(&g, 1);
 	guest_check(&g);
 	for (size_t i = 0; i < g.pages; i++) {
@@ -132,7 +132,7 @@ static void writes_stay_private(void **state)
 	struct mv_host *h = tu_host();
 	struct guest g;
 	guest_init(&g, h, "a", NULL, 512, mixed_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	uint64_t shared = pfn_of(&g, 0);
 	assert_int_equal(shared, pfn_of(&g, 1));
 	g.mem[1 * TPAGE + 100] = 0x42; /* COW break on a merged page */
@@ -143,7 +143,7 @@ static void writes_stay_private(void **state)
 	assert_int_not_equal(pfn_of(&g, 1), shared);
 	assert_int_equal(pfn_of(&g, 0), shared);
 	assert_int_equal(pfn_of(&g, 2), shared);
-	assert_int_equal(mv_host_scan(h, 1), 0);
+	assert_int_equal(mv_host_scan(h, 2), 0);
 	struct mv_vm *vm = g.vm;
 	struct mv_scan_stats st;
 	assert_int_equal(mv_vm_stats(vm, &st), 0);
@@ -164,15 +164,15 @@ static void quiet_chunks_notice_writes(void **state)
 	struct mv_host *h = tu_host();
 	struct guest g;
 	guest_init(&g, h, "q", NULL, 1024, unique_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	struct mv_scan_stats before, after;
 	mv_host_stats(h, &before);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	mv_host_stats(h, &after);
 	assert_int_equal(after.pages_scanned, before.pages_scanned); /* nothing re-read */
 	memcpy(g.mem + 700 * TPAGE, g.mem + 3 * TPAGE, TPAGE);  /* now a duplicate */
 	memcpy(g.shadow + 700 * TPAGE, g.shadow + 3 * TPAGE, TPAGE);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	assert_int_equal(pfn_of(&g, 3), pfn_of(&g, 700));
 	mv_host_stats(h, &after);
 	assert_true(after.pages_scanned - before.pages_scanned < 8);
@@ -193,7 +193,7 @@ static void changing_pages_do_not_grow_the_index(void **state)
 		for (size_t i = 0; i < g.pages; i++)
 			tu_fill(g.mem + i * TPAGE, round << 32 | i);
 		memcpy(g.shadow, g.mem, g.pages * TPAGE);
-		assert_int_equal(mv_host_scan(h, 2), 0);
+		assert_int_equal(mv_host_scan(h, 3), 0);
 		int64_t u = atomic_load(&d->unstable);
 		most = u > most ? u : most;
 	}
@@ -225,7 +225,7 @@ static void clones_map_whole_chunks(void **state)
 		}
 	}
 	long maps_before = guest_vmas(g, N);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	long maps_after = guest_vmas(g, N);
 	struct mv_scan_stats st;
 	mv_host_stats(h, &st);
@@ -257,7 +257,7 @@ static void domains_keep_tenants_apart(void **state)
 	guest_init(&c, h, "c", "tenant-x", 512, same_seed);
 	struct guest d;
 	guest_init(&d, h, "d", "tenant-x", 512, same_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	for (size_t i = 1; i < 32; i++) {
 		assert_int_equal(pfn_of(&a, i), pfn_of(&a, i + 32)); /* inside a VM */
 		assert_int_not_equal(pfn_of(&a, i), pfn_of(&b, i)); /* across own domains */
@@ -289,6 +289,8 @@ static void numa_nodes_are_respected(void **state)
 		struct mv_topology topo = { 2, fake_node_of, NULL };
 		struct mv_host_config cfg;
 		mv_host_config_init(&cfg);
+		cfg.settle_ms = 0;
+	cfg.settle_ms = 0;
 		cfg.topology = &topo;
 		cfg.cross_node_merge = cross;
 		struct mv_host *h;
@@ -296,7 +298,7 @@ static void numa_nodes_are_respected(void **state)
 		struct guest g;
 		guest_init(&g, h, "n", NULL, 1024, same_seed);
 		numa_split = (uintptr_t)g.mem + 512 * TPAGE;
-		assert_int_equal(mv_host_scan(h, 2), 0);
+		assert_int_equal(mv_host_scan(h, 3), 0);
 		for (size_t i = 1; i < 32; i++) {
 			assert_int_equal(pfn_of(&g, i), pfn_of(&g, i + 32));
 			assert_int_equal(pfn_of(&g, 512 + i), pfn_of(&g, 512 + i + 32));
@@ -324,12 +326,13 @@ static void vma_budget_stops_merging_cleanly(void **state)
 {
 	struct mv_host_config cfg;
 	mv_host_config_init(&cfg);
+	cfg.settle_ms = 0;
 	cfg.vma_budget = 10;
 	struct mv_host *h;
 	assert_int_equal(mv_host_new(&cfg, &h), 0);
 	struct guest g;
 	guest_init(&g, h, "v", NULL, 512, isolated_seed);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	struct mv_scan_stats st;
 	mv_host_stats(h, &st);
 	assert_true(st.vmas_used <= 10);
@@ -345,7 +348,7 @@ static void unmerge_makes_every_page_private(void **state)
 	struct mv_host *h = tu_host();
 	struct guest g;
 	guest_init(&g, h, "u", NULL, 1024, mixed_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	assert_int_equal(pfn_of(&g, 0), pfn_of(&g, 1));
 	assert_int_equal(mv_vm_unmerge(g.vm), 0);
 	for (size_t i = 0; i + 1 < g.pages; i++)
@@ -355,7 +358,7 @@ static void unmerge_makes_every_page_private(void **state)
 	mv_host_stats(h, &st);
 	assert_int_equal(st.pages_merged, 0);
 	assert_int_equal(st.pages_shared, 0);
-	assert_int_equal(mv_host_scan(h, 1), 0); /* merging stays off */
+	assert_int_equal(mv_host_scan(h, 2), 0); /* merging stays off */
 	mv_host_stats(h, &st);
 	assert_int_equal(st.pages_merged, 0);
 	guest_check(&g);
@@ -395,6 +398,7 @@ static void bad_arguments_change_nothing(void **state)
 	assert_null(mv_vm_gpa_to_hva(vm, 0, 1));
 	struct mv_host_config cfg;
 	mv_host_config_init(&cfg);
+	cfg.settle_ms = 0;
 	cfg.cpu_share = 0;
 	struct mv_host *h2;
 	assert_int_equal(mv_host_new(&cfg, &h2), -EINVAL);
@@ -412,7 +416,7 @@ static void shared_memory_is_never_merged(void **state)
 	for (int i = 0; i < 64; i++)
 		tu_fill(mem + i * TPAGE, 5);
 	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, 64 * TPAGE, 0), 0);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	struct mv_scan_stats st;
 	mv_host_stats(h, &st);
 	assert_int_equal(st.pages_merged, 0);
@@ -433,7 +437,7 @@ static void re_added_memory_keeps_its_bytes(void **state)
 	struct guest g, keep; /* keep holds the store slots alive: they are not punched */
 	guest_init(&g, h, "re", "d", 1024, mixed_seed);
 	guest_init(&keep, h, "keep", "d", 1024, mixed_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	assert_int_equal(pfn_of(&g, 0), pfn_of(&keep, 0)); /* merged */
 	assert_int_equal(mv_vm_region_remove(g.vm, 0), 0);
 	assert_int_equal(mv_vm_region_add(g.vm, 0, 0, g.mem, g.pages * TPAGE, 0), 0);
@@ -441,7 +445,7 @@ static void re_added_memory_keeps_its_bytes(void **state)
 		memset(g.mem + i * TPAGE, 0, TPAGE);
 		memset(g.shadow + i * TPAGE, 0, TPAGE);
 	}
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	guest_check(&g);
 	guest_fini(&g);
 	mv_host_free(h);
@@ -467,7 +471,7 @@ static void private_file_memory_is_not_merged(void **state)
 	struct mv_host *h = tu_host();
 	struct mv_vm *vm = new_vm(h, "f", NULL);
 	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	static const uint8_t zero[TPAGE];
 	size_t bad = 0;
 	for (int i = 0; i < N; i++)
@@ -510,7 +514,7 @@ static void read_only_memory_stays_read_only(void **state)
 	struct mv_host *h = tu_host();
 	struct mv_vm *vm = new_vm(h, "rom", NULL);
 	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
-	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
 	char perms[256];
 	perms_in(mem, N * TPAGE, perms, sizeof(perms));
 	assert_string_equal(perms, "r--p ");
@@ -531,7 +535,7 @@ static void inaccessible_memory_is_not_read(void **state)
 	struct mv_host *h = tu_host();
 	struct mv_vm *vm = new_vm(h, "guard", NULL);
 	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
-	assert_int_equal(mv_host_scan(h, 3), 0); /* (the scanner used to fault here) */
+	assert_int_equal(mv_host_scan(h, 4), 0); /* (the scanner used to fault here) */
 	char perms[256];
 	perms_in(mem + 8 * TPAGE, TPAGE, perms, sizeof(perms));
 	assert_string_equal(perms, "---p ");
@@ -544,30 +548,61 @@ static void inaccessible_memory_is_not_read(void **state)
 /* ---- injected OS failures: the merge step fails, nothing is lost or leaked ---- */
 
 static int fail_map(void *addr, size_t len, int fd, off_t off) { return -ENOMEM; }
-static int fail_dontneed(const struct iovec *iov, size_t n) { return -EAGAIN; }
+static long fail_move(int uffd, void *dst, void *src, size_t len) { return -EBUSY; }
 
+/* Moves out of the guest work, moves back into it fail: put back falls to UFFDIO_COPY. */
+static uint8_t *guest_lo, *guest_hi;
+static long move_out_only(int uffd, void *dst, void *src, size_t len)
+{
+	if ((uint8_t *)dst >= guest_lo && (uint8_t *)dst < guest_hi)
+		return -ENOMEM;
+	return mv__prim_linux.uffd_move(uffd, dst, src, len);
+}
+
+/* Duplicates are moved out, then their mapping fails: they go back, byte for byte. */
 static void failed_remap_loses_nothing(void **state)
 {
 	struct mv_host *h = tu_host();
 	struct mv_prim broken = mv__prim_linux;
 	broken.map_private_fixed = fail_map;
-	broken.dontneed = fail_dontneed;
+	broken.uffd_move = move_out_only;
 	h->prim = &broken;
 	struct guest g;
 	guest_init(&g, h, "f", NULL, 512, mixed_seed);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	guest_lo = g.mem;
+	guest_hi = g.mem + 512 * TPAGE;
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	struct mv_scan_stats st;
 	mv_host_stats(h, &st);
 	assert_int_equal(st.pages_merged, 0);
-	assert_int_equal(st.pages_zero, 0);
 	assert_int_equal(st.pages_shared, 0); /* no canonical page left behind */
 	assert_true(st.pages_left_vma_budget > 0);
 	guest_check(&g);
 	h->prim = &mv__prim_linux; /* the wall is gone: merging resumes */
 	mv__vma_refresh(h, true);
-	assert_int_equal(mv_host_scan(h, 2), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
 	mv_host_stats(h, &st);
 	assert_true(st.pages_merged > 0);
+	guest_check(&g);
+	guest_fini(&g);
+	mv_host_free(h);
+}
+
+/* Pages that cannot be moved out (pinned, say) are neither released nor merged. */
+static void unmovable_pages_stay(void **state)
+{
+	struct mv_host *h = tu_host();
+	struct mv_prim broken = mv__prim_linux;
+	broken.uffd_move = fail_move;
+	h->prim = &broken;
+	struct guest g;
+	guest_init(&g, h, "p", NULL, 512, mixed_seed);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	assert_int_equal(st.pages_merged, 0);
+	assert_int_equal(st.pages_zero, 0);
+	assert_int_equal(st.pages_shared, 0);
 	guest_check(&g);
 	guest_fini(&g);
 	mv_host_free(h);
@@ -592,6 +627,7 @@ int main(void)
 		cmocka_unit_test(read_only_memory_stays_read_only),
 		cmocka_unit_test(inaccessible_memory_is_not_read),
 		cmocka_unit_test(failed_remap_loses_nothing),
+		cmocka_unit_test(unmovable_pages_stay),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -227,7 +227,7 @@ static void assert_content(const struct fx *f)
 static void merge(struct fx *f)
 {
 	struct mv_scan_stats st;
-	assert_int_equal(mv_host_scan(f->h, 2), 0);
+	assert_int_equal(mv_host_scan(f->h, 3), 0);
 	assert_int_equal(mv_host_stats(f->h, &st), 0);
 	assert_int_equal(st.pages_merged, NSAME);
 	assert_true(st.pages_zero >= 1);
@@ -256,7 +256,7 @@ static void check_after_write(struct fx *f)
 
 	/* One more pass notices the copy-on-write break and loses nothing. */
 	struct mv_scan_stats st;
-	assert_int_equal(mv_host_scan(f->h, 1), 0);
+	assert_int_equal(mv_host_scan(f->h, 2), 0);
 	assert_int_equal(mv_host_stats(f->h, &st), 0);
 	assert_int_equal(st.cow_breaks, 1);
 	assert_int_equal(st.pages_merged, NSAME - 1);

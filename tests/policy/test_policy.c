@@ -868,6 +868,7 @@ static void tick_applies(void **state)
 
 	struct mv_host_config hc;
 	mv_host_config_init(&hc);
+	hc.settle_ms = 0;
 	struct mv_host *h = NULL;
 	int rc = mv_host_new(&hc, &h);
 	if (rc) {

@@ -443,7 +443,7 @@ static void scanner_merges_running_guests(void **state)
 	};
 	for (int k = 0; k < 6; k++)
 		assert_int_equal(mvw_start(g[k]), 0);
-	assert_int_equal(mv_host_scan(h, 3), 0); /* in this thread, the guests running */
+	assert_int_equal(mv_host_scan(h, 4), 0); /* in this thread, the guests running */
 	for (int k = 0; k < 6; k++)
 		assert_verified(g[k]);
 	assert_true(merged(g[0]) > 0);
