@@ -119,8 +119,10 @@ $(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a $(B)/libmvguest.a
 	$(Q)$(CC) $(BASEFLAGS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
 
 # Tests of the CLI's own parts link the objects they test.
-$(B)/tests/tools/test_ksmctl: TEST_EXTRA := $(B)/obj/bench/ksmctl.o
-$(B)/tests/tools/test_ksmctl: $(B)/obj/bench/ksmctl.o
+$(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: TEST_EXTRA := $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
+$(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
+# test_journal also runs `memvirt restore`.
+$(B)/tests/tools/test_journal: $(B)/memvirt
 
 check-exports: $(B)/libmemvirt.so
 	@bad=$$(nm -D --defined-only $(B)/libmemvirt.so | awk '$$2 ~ /[TDBRW]/ {print $$3}' | grep -v '^mv_' | grep -vE '^(_init|_fini|_edata|_end|__bss_start)$$'); \

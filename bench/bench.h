@@ -58,4 +58,10 @@ int bench_balloon_main(int argc, char **argv);
 /* `memvirt density ...` */
 int density_main(int argc, char **argv);
 
+/* restore_cli.c: `memvirt restore`. bench_settings_recover() is what a command that changes
+ * kernel settings calls first: it applies a restore journal left behind (one line on stderr
+ * if it did); -1 after a line on stderr when the journal is refused or another run holds it. */
+int restore_main(int argc, char **argv);
+int bench_settings_recover(const char *who);
+
 #endif

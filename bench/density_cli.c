@@ -216,6 +216,8 @@ int density_main(int argc, char **argv)
 		return 1;
 	}
 	o.log_dir = o.out_dir;
+	if (bench_settings_recover("memvirt density"))
+		return 1;
 	if (o.configs[DC_SHARING] || o.configs[DC_BOTH]) {
 		/* isolated duplicates (libraries, page cache) need a mapping each */
 		long was = kc_map_count_raise(0), now = kc_map_count_raise(1L << 20);

@@ -1,7 +1,7 @@
-/* ksmctl.c - KSM/sysctl knobs that restore themselves, and /proc measurements for `bench scan --vs-ksm`. */
+/* ksmctl.c - KSM/sysctl knobs that restore themselves, also after a crash (through journal.c). */
 #include "ksmctl.h"
+#include "journal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -11,13 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-#define KC_MAX_SETTINGS	16
 #define KC_RUN_PATH	KC_KSM_DIR "/run"
-#define KC_POLL_NS	50000000L	/* convergence poll: 50 ms */
-#define KC_FINE_POLL_NS	5000000L	/* pass-boundary poll of the recheck: 5 ms */
 #define KC_UNMERGE_TRIES	3
 #define KC_UNMERGE_WAIT_POLLS	200	/* x 10 ms per try */
 
@@ -38,14 +36,13 @@ static bool str_eq(const char *a, const char *b)
 	return *a == *b;
 }
 
-static void sleep_ns(long ns)
+void kc__sleep_ns(long ns)
 {
 	struct timespec ts = { .tv_sec = ns / 1000000000L, .tv_nsec = ns % 1000000000L };
 	nanosleep(&ts, NULL);	/* an interruption only shortens a poll */
 }
 
-/* Read at most size-1 bytes of a file and NUL-terminate; returns the length or -errno. */
-static ssize_t read_small(const char *path, char *buf, size_t size)
+ssize_t kc__read_small(const char *path, char *buf, size_t size)
 {
 	size_t len = 0;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -138,38 +135,42 @@ static void normalize(char *s)
 
 static ssize_t read_norm(const char *path, char *buf, size_t size)
 {
-	ssize_t n = read_small(path, buf, size);
+	ssize_t n = kc__read_small(path, buf, size);
 	if (n >= 0)
 		normalize(buf);
 	return n < 0 ? n : (ssize_t)str_len(buf);
 }
 
-static int read_long_path(const char *path, long *out)
+int kc__read_long(const char *path, long *out)
 {
 	char buf[64];
-	ssize_t n = read_small(path, buf, sizeof(buf));
+	ssize_t n = kc__read_small(path, buf, sizeof(buf));
 	return n < 0 ? (int)n : parse_long(buf, out);
 }
 
 /* ---- the table of remembered settings ---- */
 
 struct kc_setting {
-	char path[128];
-	char orig[64];		/* normalized original content */
+	char path[RJ_PATH_MAX];
+	char orig[RJ_VALUE_MAX];	/* normalized original content */
 	_Atomic int pending;	/* changed since the last restore */
+	pid_t owner;		/* the process that changed it: only it restores it */
 };
 
 static struct kc_setting settings[KC_MAX_SETTINGS];
 static _Atomic int nsettings;		/* entries below it are complete */
 static _Atomic int table_lock;		/* spin lock, taken with our signals blocked */
 static _Atomic int atexit_done, signals_done;
-static _Atomic pid_t owner_pid;		/* handlers act in this process only */
+/* The restore journal, shared with fork()ed children; written with the table locked. */
+static struct rj_loc jloc = { .lock_fd = -1 };
+static _Atomic int jopen;		/* jloc located, run lock held by this run */
+static _Atomic pid_t jowner;		/* the process that took the run lock */
 static const int kc_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGQUIT };
 
 static void lock_table(void)
 {
 	while (atomic_exchange(&table_lock, 1))
-		sleep_ns(1000000);
+		kc__sleep_ns(1000000);
 }
 
 static void unlock_table(void)
@@ -202,6 +203,12 @@ static void leave_table(const sigset_t *old)
 	pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
+/* Changed by this process and not restored yet. */
+static bool mine(struct kc_setting *s)
+{
+	return atomic_load(&s->pending) && s->owner == getpid();
+}
+
 static bool is_run(const char *path)
 {
 	return str_eq(path, KC_RUN_PATH);
@@ -222,10 +229,10 @@ static void keep_first(int *err, int r)
 static bool ksm_all_unmerged(void)
 {
 	long shared = 1, sharing = 1, zero = 0;
-	if (read_long_path(KC_KSM_DIR "/pages_shared", &shared) < 0 ||
-	    read_long_path(KC_KSM_DIR "/pages_sharing", &sharing) < 0)
+	if (kc__read_long(KC_KSM_DIR "/pages_shared", &shared) < 0 ||
+	    kc__read_long(KC_KSM_DIR "/pages_sharing", &sharing) < 0)
 		return false;
-	if (read_long_path(KC_KSM_DIR "/ksm_zero_pages", &zero) < 0)
+	if (kc__read_long(KC_KSM_DIR "/ksm_zero_pages", &zero) < 0)
 		zero = 0;	/* older kernels have no such counter */
 	return shared == 0 && sharing == 0 && zero == 0;
 }
@@ -251,7 +258,7 @@ static int ksm_unmerge_all(void)
 		for (int i = 0; i < KC_UNMERGE_WAIT_POLLS; i++) {
 			if (ksm_all_unmerged())
 				return 0;
-			sleep_ns(10000000L);
+			kc__sleep_ns(10000000L);
 		}
 		err = -EBUSY;
 	}
@@ -270,14 +277,14 @@ static int restore_one(struct kc_setting *s)
 	return r;
 }
 
-static int restore_locked(void)
+static int restore_table(void)
 {
 	int n = atomic_load(&nsettings), run_idx = -1, err = 0;
 	bool unmerge = false;
 	char run_final[64], cur[64];
 
 	for (int i = 0; i < n; i++) {
-		if (!atomic_load(&settings[i].pending))
+		if (!mine(&settings[i]))
 			continue;
 		if (is_run(settings[i].path))
 			run_idx = i;
@@ -302,7 +309,7 @@ static int restore_locked(void)
 	if (unmerge)
 		keep_first(&err, ksm_unmerge_all());
 	for (int i = n - 1; i >= 0; i--)
-		if (i != run_idx && atomic_load(&settings[i].pending))
+		if (i != run_idx && mine(&settings[i]))
 			keep_first(&err, restore_one(&settings[i]));
 	if (run_idx >= 0) {
 		keep_first(&err, restore_one(&settings[run_idx]));
@@ -310,6 +317,80 @@ static int restore_locked(void)
 		if (read_norm(KC_RUN_PATH, cur, sizeof(cur)) < 0 || !str_eq(cur, run_final))
 			keep_first(&err, write_str(KC_RUN_PATH, run_final));
 	}
+	return err;
+}
+
+/* ---- the journal's side of the table ---- */
+
+/* This process's settings still to restore, as journal entries, in order of first change. */
+static int own_entries(struct rj_entry *e)
+{
+	int n = atomic_load(&nsettings), k = 0;
+	for (int i = 0; i < n; i++) {
+		if (!mine(&settings[i]))
+			continue;
+		e[k].pid = getpid();
+		memcpy(e[k].path, settings[i].path, sizeof(e[k].path));
+		memcpy(e[k].value, settings[i].orig, sizeof(e[k].value));
+		k++;
+	}
+	return k;
+}
+
+static int journal_sync(void)
+{
+	struct rj_entry own[KC_MAX_SETTINGS];
+	return atomic_load(&jopen) ? rj_sync(&jloc, own, own_entries(own)) : 0;
+}
+
+/* Append an entry of this process; NULL when the table is full. */
+static struct kc_setting *add_entry(const char *path, const char *orig, int pending)
+{
+	int n = atomic_load(&nsettings);
+	if (n == KC_MAX_SETTINGS)
+		return NULL;
+	memcpy(settings[n].orig, orig, str_len(orig) + 1);
+	memcpy(settings[n].path, path, str_len(path) + 1);
+	settings[n].owner = getpid();
+	atomic_store(&settings[n].pending, pending);
+	atomic_store(&nsettings, n + 1);	/* publish the complete entry to the handlers */
+	return &settings[n];
+}
+
+/* Journal entries of processes that are gone (every entry if `all`) become ours, to restore. */
+static int adopt(bool all, struct rj_entry *taken, char *why, size_t why_size)
+{
+	int k = rj_take_over(&jloc, all, taken, KC_MAX_SETTINGS - atomic_load(&nsettings), why, why_size);
+	for (int i = 0; i < k; i++)
+		add_entry(taken[i].path, taken[i].value, 1);
+	return k;
+}
+
+/* Has this process a part in the journal: it took the run lock, or changed something? */
+static bool in_journal(void)
+{
+	int n = atomic_load(&nsettings);
+	if (!atomic_load(&jopen))
+		return false;
+	if (atomic_load(&jowner) == getpid())
+		return true;
+	for (int i = 0; i < n; i++)
+		if (settings[i].owner == getpid())
+			return true;
+	return false;
+}
+
+static int restore_locked(void)
+{
+	struct rj_entry taken[KC_MAX_SETTINGS];
+	bool journal = in_journal();
+	int err = 0;
+
+	if (journal)
+		keep_first(&err, adopt(false, taken, NULL, 0));	/* the run's children that were killed */
+	keep_first(&err, restore_table());
+	if (journal)
+		keep_first(&err, journal_sync());	/* restored entries leave the journal */
 	return err;
 }
 
@@ -325,21 +406,18 @@ int kc_settings_restore(void)
 
 static void on_exit_restore(void)
 {
-	if (getpid() == atomic_load(&owner_pid))
-		kc_settings_restore();
+	kc_settings_restore();
 }
 
-/* Async-signal-safe: open/read/write/close/nanosleep, prebuilt strings, lock-free atomics. */
+/* Async-signal-safe: system calls (journal.c's too), prebuilt strings, lock-free atomics. */
 static void on_signal(int sig)
 {
 	struct sigaction dfl = { .sa_handler = SIG_DFL };
 	int saved_errno = errno;
 
-	if (getpid() == atomic_load(&owner_pid)) {
-		lock_table();	/* our signals are blocked here; another thread may hold it briefly */
-		restore_locked();
-		unlock_table();
-	}
+	lock_table();	/* our signals are blocked here; another thread may hold it briefly */
+	restore_locked();	/* what this process changed, if anything */
+	unlock_table();
 	sigemptyset(&dfl.sa_mask);
 	sigaction(sig, &dfl, NULL);
 	raise(sig);	/* pending until the handler returns, then kills by default */
@@ -352,7 +430,6 @@ static int install_handlers(void)
 	struct sigaction sa, old;
 
 	if (!atomic_load(&atexit_done)) {
-		atomic_store(&owner_pid, getpid());
 		if (atexit(on_exit_restore))
 			return -ENOMEM;
 		atomic_store(&atexit_done, 1);
@@ -374,7 +451,7 @@ static int install_handlers(void)
 	return 0;
 }
 
-/* Find the entry for path, or add one holding the file's current content. */
+/* Find this process's entry for path, or add one holding the file's current content. */
 static int remember(const char *path, struct kc_setting **out)
 {
 	int n = atomic_load(&nsettings);
@@ -382,7 +459,7 @@ static int remember(const char *path, struct kc_setting **out)
 	ssize_t len;
 
 	for (int i = 0; i < n; i++) {
-		if (str_eq(settings[i].path, path)) {
+		if (settings[i].owner == getpid() && str_eq(settings[i].path, path)) {
 			*out = &settings[i];
 			return 0;
 		}
@@ -394,12 +471,99 @@ static int remember(const char *path, struct kc_setting **out)
 		return (int)len;
 	if ((size_t)len >= sizeof(settings[n].orig))
 		return -EOVERFLOW;
-	memcpy(settings[n].orig, buf, (size_t)len + 1);
-	memcpy(settings[n].path, path, str_len(path) + 1);
-	atomic_store(&settings[n].pending, 0);
-	atomic_store(&nsettings, n + 1);	/* publish the complete entry to the handlers */
-	*out = &settings[n];
+	if (!rj_entry_ok(path, buf))
+		return -EINVAL;		/* the journal could not hold it */
+	*out = add_entry(path, buf, 0);
 	return 0;
+}
+
+/* Journal the original (once), then write the new value. */
+static int change(struct kc_setting *s, const char *val)
+{
+	int was_pending = atomic_load(&s->pending), r;
+	char cur[64];
+
+	if (!was_pending) {
+		atomic_store(&s->pending, 1);	/* before the write: a signal now restores it */
+		r = journal_sync();		/* the original is on disk before anything changes */
+		if (r) {
+			atomic_store(&s->pending, 0);
+			return r;
+		}
+	}
+	r = write_str(s->path, val);
+	/* A refused write (e.g. -EACCES) that changed nothing leaves nothing to restore. */
+	if (r && !was_pending && read_norm(s->path, cur, sizeof(cur)) >= 0 && str_eq(cur, s->orig)) {
+		atomic_store(&s->pending, 0);
+		journal_sync();
+	}
+	return r;
+}
+
+/* Restore what adopt() took over from a run that is gone, and say how it went. */
+static int restore_taken(const struct rj_entry *t, int k, struct kc_restored *out)
+{
+	int r = k > 0 ? restore_locked() : 0;
+	char cur[64];
+
+	if (out) {
+		out->n = k;
+		out->pid = k > 0 ? t[0].pid : 0;
+	}
+	for (int i = 0; out && i < k; i++) {
+		memcpy(out->e[i].path, t[i].path, sizeof(out->e[i].path));
+		memcpy(out->e[i].orig, t[i].value, sizeof(out->e[i].orig));
+		out->e[i].restored = read_norm(t[i].path, cur, sizeof(cur)) >= 0 && str_eq(cur, t[i].value);
+	}
+	return r < 0 ? r : k;
+}
+
+/* Note what the files taken over hold before they are restored. */
+static void note_found(const struct rj_entry *t, int k, struct kc_restored *out)
+{
+	for (int i = 0; out && i < k; i++)
+		if (read_norm(t[i].path, out->e[i].found, sizeof(out->e[i].found)) < 0)
+			memcpy(out->e[i].found, "?", 2);
+}
+
+static void explain_busy(char *why, size_t why_size, int holder)
+{
+	if (why && why_size)
+		snprintf(why, why_size, "memvirt run %d %s holds the restore journal (lock %s); it restores "
+			 "its settings when it ends", holder, rj_pid_alive(holder) ? "(running)" :
+			 "(gone, but a process it started still runs)", jloc.lock);
+}
+
+/*
+ * Once per run: locate the journal, take the run lock, and apply a journal a
+ * run that is gone left behind.  Returns the entries applied, or -errno.
+ */
+static int journal_open(struct kc_restored *out, char *why, size_t why_size)
+{
+	struct rj_entry taken[KC_MAX_SETTINGS];
+	int holder = 0, r, k;
+
+	if (atomic_load(&jopen))
+		return 0;
+	r = install_handlers();
+	if (!r)
+		r = rj_locate(&jloc);
+	if (!r)
+		r = rj_lock_run(&jloc, &holder);
+	if (r == -EBUSY)
+		explain_busy(why, why_size, holder);
+	if (r)
+		return r;
+	atomic_store(&jowner, getpid());
+	atomic_store(&jopen, 1);
+	k = adopt(true, taken, why, why_size);
+	if (k < 0) {
+		atomic_store(&jopen, 0);
+		rj_unlock_run(&jloc);
+		return k;
+	}
+	note_found(taken, k, out);
+	return restore_taken(taken, k, out);
 }
 
 int kc_setting_set(const char *path, long value)
@@ -413,347 +577,71 @@ int kc_setting_set(const char *path, long value)
 		return -EINVAL;
 	if (str_len(path) >= sizeof(settings[0].path))
 		return -ENAMETOOLONG;
+	if (access(path, W_OK) < 0)
+		return -errno;	/* nothing will change: nothing to journal */
 	snprintf(val, sizeof(val), "%ld", value);
 
 	enter_table(&old);
-	r = install_handlers();
+	r = journal_open(NULL, NULL, 0);
+	if (r > 0)
+		r = 0;
+	if (!r && !rj_path_allowed(&jloc, path))
+		r = -EPERM;
 	if (!r)
 		r = remember(path, &s);
-	if (!r) {
-		int was_pending = atomic_exchange(&s->pending, 1);	/* before the write: a signal now restores it */
-		char cur[64];
-		r = write_str(path, val);
-		/* A refused write (e.g. -EACCES) that changed nothing leaves nothing to restore. */
-		if (r && !was_pending && read_norm(path, cur, sizeof(cur)) >= 0 && str_eq(cur, s->orig))
-			atomic_store(&s->pending, 0);
+	if (!r)
+		r = change(s, val);
+	leave_table(&old);
+	return r;
+}
+
+int kc_journal_apply(struct kc_restored *out, char *why, size_t why_size)
+{
+	struct stat st;
+	sigset_t old;
+	int r = 0;
+
+	if (why && why_size)
+		why[0] = '\0';
+	if (out)
+		out->n = out->pid = 0;
+	enter_table(&old);
+	if (!atomic_load(&jopen)) {
+		r = rj_locate(&jloc);
+		if (r == -EINVAL && why && why_size)
+			snprintf(why, why_size, RJ_ENV " must be an absolute file name");
+		if (r == -ENOENT)
+			r = 0;	/* no home for a journal: none was ever written */
+		/* No lock file and no journal: nothing was ever journaled here; create nothing. */
+		else if (!r && (stat(jloc.lock, &st) == 0 || stat(jloc.file, &st) == 0))
+			r = journal_open(out, why, why_size);
 	}
 	leave_table(&old);
 	return r;
 }
 
-/* ---- KSM sysfs ---- */
-
-int kc_ksm_available(void)
+const char *kc_journal_file(void)
 {
-	return access(KC_RUN_PATH, W_OK) == 0;
+	return jloc.file;
 }
 
-int kc_ksm_read(const char *knob, long *out)
+int kc_journal_release(void)
 {
-	char path[160];
+	int n, r = 0;
+	sigset_t old;
 
-	if (!knob || !*knob || strchr(knob, '/') || str_eq(knob, "..") || !out)
-		return -EINVAL;
-	if ((size_t)snprintf(path, sizeof(path), KC_KSM_DIR "/%s", knob) >= sizeof(path))
-		return -ENAMETOOLONG;
-	return read_long_path(path, out);
-}
-
-static bool is_ksmd(int pid)
-{
-	char path[64], comm[32];
-	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
-	return read_small(path, comm, sizeof(comm)) >= 0 && str_eq(comm, "ksmd\n");
-}
-
-int kc_ksmd_pid(void)
-{
-	static _Atomic int cached;
-	struct dirent *de;
-	int pid = atomic_load(&cached);
-	DIR *d;
-
-	if (pid > 0 && is_ksmd(pid))
-		return pid;
-	d = opendir("/proc");
-	if (!d)
-		return -errno;
-	pid = -ENOENT;
-	while ((de = readdir(d))) {
-		char *end;
-		long v = strtol(de->d_name, &end, 10);
-		if (*end || v <= 0 || v > INT32_MAX || !is_ksmd((int)v))
-			continue;
-		pid = (int)v;
-		break;
-	}
-	closedir(d);
-	if (pid > 0)
-		atomic_store(&cached, pid);
-	return pid;
-}
-
-/* ---- per-task figures ---- */
-
-static void proc_path(char *buf, size_t size, pid_t pid, const char *file)
-{
-	if (pid == 0)
-		snprintf(buf, size, "/proc/self/%s", file);
-	else
-		snprintf(buf, size, "/proc/%d/%s", (int)pid, file);
-}
-
-int kc_task_cpu_ns(int pid, uint64_t *out)
-{
-	char path[64], buf[2048], *p, *end;
-	unsigned long long ticks[2];
-	long tck = sysconf(_SC_CLK_TCK);
-	ssize_t n;
-
-	if (!out || pid < 0)
-		return -EINVAL;
-	proc_path(path, sizeof(path), pid, "stat");
-	n = read_small(path, buf, sizeof(buf));
-	if (n < 0)
-		return (int)n;
-	/* "pid (comm) state ppid ..." where comm may hold anything: skip to the last ')'. */
-	p = strrchr(buf, ')');
-	if (!p)
-		return -EINVAL;
-	p++;
-	/* Fields 3 (state) .. 13 (cmajflt) come first, then 14 utime and 15 stime. */
-	for (int field = 3; field <= 13; field++) {
-		while (*p == ' ')
-			p++;
-		while (*p && *p != ' ')
-			p++;
-	}
-	for (int i = 0; i < 2; i++) {
-		errno = 0;
-		ticks[i] = strtoull(p, &end, 10);
-		if (end == p || errno)
-			return -EINVAL;
-		p = end;
-	}
-	if (tck <= 0)
-		tck = 100;
-	unsigned long long t = ticks[0] + ticks[1];
-	*out = (uint64_t)(t / (unsigned long long)tck) * 1000000000ULL +
-	       (uint64_t)(t % (unsigned long long)tck) * 1000000000ULL / (unsigned long long)tck;
-	return 0;
-}
-
-/* "<key>:   <n> kB" from smaps_rollup; key is matched at a line start. */
-static int rollup_field(pid_t pid, const char *key, long *out)
-{
-	char path[64], buf[4096];
-	size_t klen = strlen(key);
-	ssize_t n;
-
-	if (!out || pid < 0)
-		return -EINVAL;
-	proc_path(path, sizeof(path), pid, "smaps_rollup");
-	n = read_small(path, buf, sizeof(buf));
-	if (n < 0)
-		return (int)n;
-	for (char *line = buf; line && *line; line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
-		char *end;
-		if (strncmp(line, key, klen) || line[klen] != ':')
-			continue;
-		errno = 0;
-		long v = strtol(line + klen + 1, &end, 10);
-		if (end == line + klen + 1 || errno)
-			return -EINVAL;
-		*out = v;
-		return 0;
-	}
-	return -ENOENT;
-}
-
-int kc_pss_kib(pid_t pid, long *out)
-{
-	return rollup_field(pid, "Pss", out);
-}
-
-int kc_rss_kib(pid_t pid, long *out)
-{
-	return rollup_field(pid, "Rss", out);
-}
-
-int kc_map_count(pid_t pid, long *out)
-{
-	enum { BLOCK = 1 << 20 };
-	char path[64], *buf;
-	long lines = 0;
-	char last = '\n';
-	int fd, err = 0;
-
-	if (!out || pid < 0)
-		return -EINVAL;
-	proc_path(path, sizeof(path), pid, "maps");
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	buf = malloc(BLOCK);
-	if (!buf) {
-		close(fd);
-		return -ENOMEM;
-	}
-	for (;;) {
-		ssize_t n = read(fd, buf, BLOCK);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			err = -errno;
-			break;
-		}
-		if (n == 0)
-			break;
-		for (char *p = buf, *e = buf + n; (p = memchr(p, '\n', (size_t)(e - p))); p++)
-			lines++;
-		last = buf[n - 1];
-	}
-	free(buf);
-	close(fd);
-	if (err)
-		return err;
-	*out = lines + (last != '\n');	/* an unterminated last line still counts */
-	return 0;
-}
-
-/* ---- convergence and per-pass cost of ksmd ---- */
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-struct ksm_sample {
-	double t;
-	uint64_t cpu;		/* ksmd utime+stime, ns */
-	long full_scans;
-	long freed;		/* pages_sharing + ksm_zero_pages */
-};
-
-static int ksm_sample(int ksmd, struct ksm_sample *s)
-{
-	long sharing, zero;
-	int r = kc_ksm_read("full_scans", &s->full_scans);
-	if (!r)
-		r = kc_ksm_read("pages_sharing", &sharing);
+	enter_table(&old);
+	n = atomic_load(&nsettings);
+	for (int i = 0; i < n; i++)
+		if (mine(&settings[i]))
+			r = -EBUSY;
 	if (!r) {
-		r = kc_ksm_read("ksm_zero_pages", &zero);
-		if (r == -ENOENT) {
-			zero = 0;
-			r = 0;
-		}
+		atomic_store(&nsettings, 0);
+		atomic_store(&jopen, 0);
+		rj_unlock_run(&jloc);
 	}
-	if (!r)
-		r = kc_task_cpu_ns(ksmd, &s->cpu);
-	if (r)
-		return r;
-	s->freed = sharing + zero;
-	s->t = now_s();
-	return 0;
-}
-
-/* KSM must be merging; returns ksmd's pid. */
-static int ksm_running_ksmd(void)
-{
-	long run;
-	int r = kc_ksm_read("run", &run);
-	if (r)
-		return r;
-	if (run != 1)
-		return -EINVAL;
-	return kc_ksmd_pid();
-}
-
-static void fill_result(double *wall_s, uint64_t *cpu_ns, long *freed_pages,
-			const struct ksm_sample *from, const struct ksm_sample *to, long freed)
-{
-	if (wall_s)
-		*wall_s = to->t - from->t;
-	if (cpu_ns)
-		*cpu_ns = to->cpu >= from->cpu ? to->cpu - from->cpu : 0;
-	if (freed_pages)
-		*freed_pages = freed;
-}
-
-/*
- * cand is the first poll that saw full_scans move with the count at its
- * current maximum; any growth drops it.  Converged once full_scans has moved
- * twice more past cand (and at least twice since the start).
- */
-int kc_ksm_wait_converged(double timeout_s, double *wall_s, uint64_t *ksmd_cpu_ns, long *freed_pages,
-			  void (*progress)(void *opaque, long freed, double elapsed), void *opaque)
-{
-	struct ksm_sample start, prev, s, cand = { 0 };
-	bool have_cand = false;
-	double next_progress = 1.0;
-	int ksmd = ksm_running_ksmd(), r;
-
-	if (ksmd < 0)
-		return ksmd;
-	r = ksm_sample(ksmd, &start);
-	if (r)
-		return r;
-	prev = start;
-	for (;;) {
-		sleep_ns(KC_POLL_NS);
-		r = ksm_sample(ksmd, &s);
-		if (r) {
-			fill_result(wall_s, ksmd_cpu_ns, freed_pages, &start, &prev, prev.freed);
-			return r;
-		}
-		if (s.freed > prev.freed)
-			have_cand = false;
-		if (s.full_scans > prev.full_scans && !have_cand) {
-			cand = s;
-			have_cand = true;
-		}
-		if (have_cand && s.full_scans - cand.full_scans >= 2 && s.full_scans - start.full_scans >= 2) {
-			fill_result(wall_s, ksmd_cpu_ns, freed_pages, &start, &cand, s.freed);
-			return 0;
-		}
-		if (progress && s.t - start.t >= next_progress) {
-			progress(opaque, s.freed, s.t - start.t);
-			next_progress = s.t - start.t + 1.0;
-		}
-		if (s.t - start.t >= timeout_s) {
-			fill_result(wall_s, ksmd_cpu_ns, freed_pages, &start, &s, s.freed);
-			return -ETIMEDOUT;
-		}
-		prev = s;
-	}
-}
-
-/* Poll finely until full_scans exceeds `after`; the sample is taken at detection. */
-static int wait_full_scans(int ksmd, long after, double deadline, struct ksm_sample *s)
-{
-	for (;;) {
-		int r = ksm_sample(ksmd, s);
-		if (r)
-			return r;
-		if (s->full_scans > after)
-			return 0;
-		if (s->t >= deadline)
-			return -ETIMEDOUT;
-		sleep_ns(KC_FINE_POLL_NS);
-	}
-}
-
-int kc_ksm_recheck_cpu(double timeout_s, double *cpu_s_per_pass)
-{
-	struct ksm_sample s, a, b;
-	double deadline = now_s() + timeout_s;
-	int ksmd = ksm_running_ksmd(), r;
-
-	if (ksmd < 0)
-		return ksmd;
-	if (!cpu_s_per_pass)
-		return -EINVAL;
-	r = ksm_sample(ksmd, &s);
-	if (!r)
-		r = wait_full_scans(ksmd, s.full_scans, deadline, &a);		/* align on a pass boundary */
-	if (!r)
-		r = wait_full_scans(ksmd, a.full_scans + 1, deadline, &b);	/* two whole passes later */
-	if (r)
-		return r;
-	*cpu_s_per_pass = (double)(b.cpu - a.cpu) * 1e-9 / (double)(b.full_scans - a.full_scans);
-	return 0;
+	leave_table(&old);
+	return r;
 }
 
 long kc_map_count_raise(long want)

@@ -420,6 +420,8 @@ int bench_scan_main(int argc, char **argv)
 		        "someone else's merges\n", ksm_run);
 		return 1;
 	}
+	if (bench_settings_recover("memvirt bench scan"))
+		return 1;
 	long limit = raise_map_count(p, json);
 	struct engine_result m = { 0 }, k = { 0 };
 	fprintf(stderr, "memvirt: scanning %s (%.2f GiB)\n", p->name, profile_gib(p));

@@ -1,4 +1,4 @@
-/* memvirt.c - the memvirt command line: density, explain, benchmarks. */
+/* memvirt.c - the memvirt command line: density, explain, benchmarks, restore. */
 #include "../bench/bench.h"
 
 #include <errno.h>
@@ -15,9 +15,14 @@ static void usage(FILE *f)
 	        "  explain [FILE...]                                policy decision log for people\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
+	        "  restore                                          put back kernel settings a run that\n"
+	        "                                                   was killed left changed (journal)\n"
 	        "  version                                          library version\n"
 	        "  help                                             this text\n"
-	        "\n`memvirt density --help`, `memvirt bench scan --help` for their options.\n");
+	        "\n`memvirt density --help`, `memvirt bench scan --help` for their options.\n"
+	        "Kernel settings a command changes are restored when it ends, even on a signal; their\n"
+	        "originals are journaled first, so after SIGKILL or a crash the next command that\n"
+	        "changes settings, or `memvirt restore`, puts them back.\n");
 }
 
 /* Render decision logs (JSON lines) from files, or stdin, for people. */
@@ -53,6 +58,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "density"))
 		return density_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "restore"))
+		return restore_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "explain"))
 		return explain_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "scan"))

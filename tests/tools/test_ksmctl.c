@@ -1,6 +1,7 @@
 /* test_ksmctl.c - kernel settings changed for a run are written back when the process
  * dies of a signal (SIGPIPE from `memvirt density | head` among them). The "setting" is a
- * file of our own: tests never change kernel-wide settings. */
+ * file of our own next to a restore journal in a temp directory (MEMVIRT_JOURNAL): tests
+ * never change kernel-wide settings. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include "ksmctl.h"
@@ -26,14 +28,33 @@ static long read_setting(const char *path)
 	return v;
 }
 
-/* A child changes the setting from 1 to 7 and dies of sig; the file must read 1 again. */
+static char dir[64], path[128], journal[128];
+
+static int setup(void **state)
+{
+	snprintf(dir, sizeof(dir), "/tmp/memvirt-ksmctl-XXXXXX");
+	if (!mkdtemp(dir))
+		return -1;
+	snprintf(path, sizeof(path), "%s/setting", dir);
+	snprintf(journal, sizeof(journal), "%s/restore.journal", dir);
+	return setenv("MEMVIRT_JOURNAL", journal, 1);
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) ? -1 : 0;
+}
+
+/* A child changes the setting from 1 to 7 and dies of sig; the file must read 1 again,
+ * and the journal entry is gone with the change. */
 static void restored_after(int sig)
 {
-	char path[] = "/tmp/memvirt-setting-XXXXXX";
-	int fd = mkstemp(path);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "1\n", 2), 2);
-	close(fd);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	assert_int_equal(fputs("1\n", f) >= 0, 1);
+	assert_int_equal(fclose(f), 0);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -58,7 +79,7 @@ static void restored_after(int sig)
 	       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), read_setting(path));
 	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == sig);
 	assert_int_equal(read_setting(path), 1);
-	unlink(path);
+	assert_int_equal(access(journal, F_OK), -1);
 }
 
 static void settings_restored_on_each_signal(void **state)
@@ -73,5 +94,5 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(settings_restored_on_each_signal),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	return cmocka_run_group_tests(tests, setup, teardown);
 }
