@@ -15,9 +15,11 @@ static void usage(FILE *f)
 	        "  explain [FILE...]                                policy decision log for people\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
+	        "  bench guest [--ws LIST] [--no-ksm] [--json]      what each engine costs a running guest\n"
 	        "  version                                          library version\n"
 	        "  help                                             this text\n"
-	        "\n`memvirt density --help`, `memvirt bench scan --help` for their options.\n");
+	        "\n`memvirt density --help`, `memvirt bench scan --help`, `memvirt bench guest --help`\n"
+	        "for their options.\n");
 }
 
 /* Render decision logs (JSON lines) from files, or stdin, for people. */
@@ -59,6 +61,8 @@ int main(int argc, char **argv)
 		return bench_scan_main(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "balloon"))
 		return bench_balloon_main(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "guest"))
+		return bench_guest_main(argc - 2, argv + 2);
 	fprintf(stderr, "memvirt: unknown command '%s'\n\n", argv[1]);
 	usage(stderr);
 	return 2;
