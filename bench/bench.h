@@ -52,9 +52,11 @@ void bench_profiles_list(void);
 struct bench_guest *bench_guests_new(const struct bench_profile *p);
 void bench_guests_free(const struct bench_profile *p, struct bench_guest *g);
 
-/* `memvirt bench scan ...` and `memvirt bench balloon ...`; return the exit status. */
+/* `memvirt bench scan ...`, `memvirt bench balloon ...` and `memvirt bench guest ...`;
+ * return the exit status. */
 int bench_scan_main(int argc, char **argv);
 int bench_balloon_main(int argc, char **argv);
+int bench_guest_main(int argc, char **argv);
 /* `memvirt density ...` */
 int density_main(int argc, char **argv);
 

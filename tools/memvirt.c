@@ -15,11 +15,13 @@ static void usage(FILE *f)
 	        "  explain [FILE...]                                policy decision log for people\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
+	        "  bench guest [--ws LIST] [--no-ksm] [--json]      what each engine costs a running guest\n"
 	        "  restore                                          put back kernel settings a run that\n"
 	        "                                                   was killed left changed (journal)\n"
 	        "  version                                          library version\n"
 	        "  help                                             this text\n"
-	        "\n`memvirt density --help`, `memvirt bench scan --help` for their options.\n"
+	        "\n`memvirt density --help`, `memvirt bench scan --help`, `memvirt bench guest --help`\n"
+	        "for their options.\n"
 	        "Kernel settings a command changes are restored when it ends, even on a signal; their\n"
 	        "originals are journaled first, so after SIGKILL or a crash the next command that\n"
 	        "changes settings, or `memvirt restore`, puts them back.\n");
@@ -66,6 +68,8 @@ int main(int argc, char **argv)
 		return bench_scan_main(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "balloon"))
 		return bench_balloon_main(argc - 2, argv + 2);
+	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "guest"))
+		return bench_guest_main(argc - 2, argv + 2);
 	fprintf(stderr, "memvirt: unknown command '%s'\n\n", argv[1]);
 	usage(stderr);
 	return 2;

@@ -85,10 +85,53 @@ static void bad_numbers_are_refused(void **state)
 	refused("density", "--max-guests", "-1");
 }
 
+/* `bench guest`: the bad option comes last, after valid ones, so that nothing else is wrong
+ * with the command; a run that started anyway would take far longer than the timeout. */
+static void guest_refused(const char *opt, const char *value)
+{
+	const char *args[] = { "bench", "guest", "--no-ksm", "--guest-mib", "16", "--seconds", "1",
+	                       "--settle-timeout", "1", opt, value, NULL };
+	char err[512];
+	int rc = run(args, err, sizeof(err));
+	printf("bench guest %s %s -> %d: %s", opt, value, rc, err);
+	assert_int_equal(rc, 2);
+	assert_non_null(strstr(err, opt));
+}
+
+static void bench_guest_refuses_bad_numbers(void **state)
+{
+	guest_refused("--ws", "0");
+	guest_refused("--ws", "101");
+	guest_refused("--ws", "-5");
+	guest_refused("--ws", "abc");
+	guest_refused("--ws", "");
+	guest_refused("--ws", "10,");
+	guest_refused("--ws", "1,,10");
+	guest_refused("--ws", "10,20x");
+	guest_refused("--ws", "1,2,3,4,5,6,7,8,9");
+	guest_refused("--seconds", "0");
+	guest_refused("--seconds", "-1");
+	guest_refused("--seconds", "abc");
+	guest_refused("--seconds", "5s");
+	guest_refused("--seconds", "1e9");
+	guest_refused("--guest-mib", "8");
+	guest_refused("--settle-timeout", "0");
+	guest_refused("--settle-quiet", "0");
+}
+
+static void bench_guest_help(void **state)
+{
+	const char *args[] = { "bench", "guest", "--help", NULL };
+	char err[512];
+	assert_int_equal(run(args, err, sizeof(err)), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(bad_numbers_are_refused),
+		cmocka_unit_test(bench_guest_refuses_bad_numbers),
+		cmocka_unit_test(bench_guest_help),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
