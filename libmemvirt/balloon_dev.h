@@ -34,10 +34,13 @@ struct mv_bl_mmio {
 };
 
 /* Device-private state of one guest region, for the huge-page rule (Overview in
- * balloon_mem.c). Looked up by region pointer; dropped when the region leaves the map. */
+ * balloon_mem.c). Looked up by the region's serial, never by its address (a region added
+ * after another was removed may get the same address); dropped when the region leaves
+ * the map. */
 struct mv_bl_region {
-	struct mv_region *r;
-	uint8_t *blk;                 /* per 2 MiB host block (r->nr_chunks): BLK_* */
+	uint64_t serial;              /* of the region */
+	uint64_t n;                   /* entries of blk: the region's nr_chunks */
+	uint8_t *blk;                 /* per 2 MiB host block: BLK_* */
 };
 
 struct mv_bl_hint { uint64_t gpa, len; }; /* an armed range, found again by gpa */

@@ -13,7 +13,8 @@
  * Inflated runs are released with one mv__region_discard() vector per region and
  * request. Huge pages: releasing 4 KiB of a 2 MiB THP frees nothing until the kernel
  * splits it, so a run that covers only part of a 2 MiB host block looks at the block
- * once (PAGEMAP_SCAN; the answer is cached per block in struct mv_bl_region). Backed by
+ * once (PAGEMAP_SCAN; the answer is cached per block in struct mv_bl_region, found by the
+ * region's serial: a new region may have a removed one's address). Backed by
  * small pages, the run is released at once. Backed by a huge page, the pieces are only
  * marked, and the whole block is released when the last of its pages joins the balloon
  * (QEMU's per-host-page bitmap). The cache is forgotten when the block is released or
@@ -72,10 +73,10 @@ void mv__bl_mem_free(struct mv_balloon *b)
 
 /* ---- device-private state per region ---- */
 
-static bool in_map(struct mv_region_map *map, const struct mv_region *r)
+static bool in_map(struct mv_region_map *map, uint64_t serial)
 {
 	for (unsigned i = 0; map && i < map->n; i++)
-		if (map->r[i] == r)
+		if (map->r[i]->serial == serial)
 			return true;
 	return false;
 }
@@ -83,7 +84,7 @@ static bool in_map(struct mv_region_map *map, const struct mv_region *r)
 void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map)
 {
 	for (unsigned i = 0; i < b->n_regs;) {
-		if (in_map(map, b->regs[i].r)) {
+		if (in_map(map, b->regs[i].serial)) {
 			i++;
 			continue;
 		}
@@ -92,12 +93,13 @@ void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map)
 	}
 }
 
-/* The block cache of r, NULL without memory for it (then every block counts as small). */
-static uint8_t *region_blk(struct mv_balloon *b, struct mv_region *r)
+/* The block cache of r, NULL without memory for it (then every block counts as small).
+ * Valid until the next call (b->regs may move). */
+static struct mv_bl_region *region_blk(struct mv_balloon *b, struct mv_region *r)
 {
 	for (unsigned i = 0; i < b->n_regs; i++)
-		if (b->regs[i].r == r)
-			return b->regs[i].blk;
+		if (b->regs[i].serial == r->serial)
+			return &b->regs[i];
 	if (b->n_regs == b->cap_regs) {
 		unsigned cap = b->cap_regs ? 2 * b->cap_regs : 4;
 		struct mv_bl_region *n = realloc(b->regs, cap * sizeof(*n));
@@ -107,9 +109,10 @@ static uint8_t *region_blk(struct mv_balloon *b, struct mv_region *r)
 		b->cap_regs = cap;
 	}
 	uint8_t *blk = calloc(r->nr_chunks, 1);
-	if (blk)
-		b->regs[b->n_regs++] = (struct mv_bl_region){ r, blk };
-	return blk;
+	if (!blk)
+		return NULL;
+	b->regs[b->n_regs] = (struct mv_bl_region){ r->serial, r->nr_chunks, blk };
+	return &b->regs[b->n_regs++];
 }
 
 void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map)
@@ -118,7 +121,7 @@ void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map)
 		for (uint64_t w = 0; w < (map->r[i]->npages + 63) / 64; w++)
 			atomic_store_explicit(&map->r[i]->ballooned[w], 0, memory_order_relaxed);
 	for (unsigned i = 0; i < b->n_regs; i++)
-		memset(b->regs[i].blk, BLK_UNKNOWN, b->regs[i].r->nr_chunks);
+		memset(b->regs[i].blk, BLK_UNKNOWN, b->regs[i].n);
 }
 
 uint64_t mv__bl_held_pages(struct mv_region_map *map)
@@ -132,6 +135,18 @@ uint64_t mv__bl_held_pages(struct mv_region_map *map)
 }
 
 /* ---- 2 MiB host blocks ---- */
+
+/* The cached state of block c; a block the cache does not cover is unknown. */
+static uint8_t blk_get(const struct mv_bl_region *br, uint64_t c)
+{
+	return br && c < br->n ? br->blk[c] : BLK_UNKNOWN;
+}
+
+static void blk_put(struct mv_bl_region *br, uint64_t c, uint8_t st)
+{
+	if (br && c < br->n)
+		br->blk[c] = st;
+}
 
 static uint64_t blk_of(const struct mv_region *r, uint64_t k)
 {
@@ -160,18 +175,19 @@ static bool bits_all(_Atomic uint64_t *map, uint64_t lo, uint64_t hi, bool set)
 	return true;
 }
 
-/* Is block c, which holds page k, backed by a huge page? Asked once, then cached. */
-static int blk_state(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t c,
-                     uint64_t k)
+/* Is block c, which holds page k, backed by a huge page? Asked once, then cached; small
+ * when it cannot be cached (a huge page held back needs its state kept). */
+static int blk_state(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                     uint64_t c, uint64_t k)
 {
-	if (!blk || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
+	if (!br || c >= br->n || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
 		return BLK_SMALL;
-	if (blk[c] == BLK_UNKNOWN) {
+	if (br->blk[c] == BLK_UNKNOWN) {
 		uint8_t cat = 0;
 		int err = b->h->prim->page_categories(b->h->pagemap_fd, r->hva + k * MV_PAGE_SIZE, 1, &cat);
-		blk[c] = !err && (cat & MV_PAGE_IS_HUGE) ? BLK_HUGE : BLK_SMALL;
+		br->blk[c] = !err && (cat & MV_PAGE_IS_HUGE) ? BLK_HUGE : BLK_SMALL;
 	}
-	return blk[c];
+	return br->blk[c];
 }
 
 /* ---- releasing ---- */
@@ -208,8 +224,8 @@ static void rv_add(struct mv_balloon *b, struct mv_region *r, uint64_t first, ui
 
 /* Pages [a, e) of r just joined the balloon: release them, or leave them to their huge
  * page until the whole block is in. */
-static void inflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t a,
-                        uint64_t e)
+static void inflate_run(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                        uint64_t a, uint64_t e)
 {
 	while (a < e) {
 		uint64_t c = blk_of(r, a), lo, hi;
@@ -217,35 +233,34 @@ static void inflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk,
 		uint64_t z = hi < e ? hi : e;
 		if (a == lo && z == hi) {
 			rv_add(b, r, a, z - a); /* the whole block at once */
-			if (blk)
-				blk[c] = BLK_UNKNOWN;
-		} else if (blk_state(b, r, blk, c, a) == BLK_SMALL) {
+			blk_put(br, c, BLK_UNKNOWN);
+		} else if (blk_state(b, r, br, c, a) == BLK_SMALL) {
 			rv_add(b, r, a, z - a);
 		} else if (bits_all(r->ballooned, lo, hi, true)) {
 			rv_add(b, r, lo, hi - lo); /* the last piece of a huge page came in */
-			blk[c] = BLK_UNKNOWN;
+			blk_put(br, c, BLK_UNKNOWN);
 		}
 		a = z;
 	}
 }
 
 /* Pages [a, e) of r just left the balloon. */
-static void deflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t a,
-                        uint64_t e)
+static void deflate_run(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                        uint64_t a, uint64_t e)
 {
 	while (a < e) {
 		uint64_t c = blk_of(r, a), lo, hi;
 		blk_span(r, c, &lo, &hi);
 		uint64_t z = hi < e ? hi : e;
-		bool held_back = blk && blk[c] == BLK_HUGE; /* never released: still backed */
+		bool held_back = blk_get(br, c) == BLK_HUGE; /* never released: still backed */
 		if (b->cfg.prefault_deflate && !held_back) {
 			int err = b->h->prim->populate_write(r->hva + a * MV_PAGE_SIZE, (z - a) * MV_PAGE_SIZE);
 			if (err)
 				mv__log(b->h, MV_LOG_DEBUG, "vm %s balloon: prefault failed (%s)",
 				        b->vm->name, mv_strerror(err));
 		}
-		if (blk && blk[c] != BLK_UNKNOWN && bits_all(r->ballooned, lo, hi, false))
-			blk[c] = BLK_UNKNOWN;
+		if (blk_get(br, c) != BLK_UNKNOWN && bits_all(r->ballooned, lo, hi, false))
+			blk_put(br, c, BLK_UNKNOWN);
 		a = z;
 	}
 }
@@ -321,21 +336,21 @@ static size_t pfn_load(struct mv_balloon *b, struct mv_region_map *map, const st
 static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n, bool inflate)
 {
 	struct mv_region *r = NULL;
-	uint8_t *blk = NULL;
+	struct mv_bl_region *br = NULL;
 	uint64_t a = 0, e = 0, done = 0, bad = 0;   /* [a, e): the run being built in r */
 	for (size_t i = 0; i < n; i++) {
 		uint64_t gpa = (uint64_t)b->pfn[i] << MV_PAGE_SHIFT;
 		if (!r || gpa - r->gpa >= r->size) {
 			if (e > a)
-				(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+				(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 			a = e = 0;
-			blk = NULL;
+			br = NULL;
 			if (!mv__guest_ptr(map, gpa, MV_PAGE_SIZE, &r)) {
 				r = NULL;
 				bad++;
 				continue;
 			}
-			blk = region_blk(b, r);
+			br = region_blk(b, r);
 		}
 		uint64_t k = (gpa - r->gpa) >> MV_PAGE_SHIFT;
 		bool was = inflate ? mv__bit_set(r->ballooned, k) : mv__bit_clear(r->ballooned, k);
@@ -349,12 +364,12 @@ static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n,
 			continue;
 		}
 		if (e > a)
-			(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+			(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 		a = k;
 		e = k + 1;
 	}
 	if (e > a)
-		(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+		(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 	*(inflate ? &b->inflated : &b->deflated) += done * MV_PAGE_SIZE;
 	if (bad)
 		mv__bl_guest_error(b, bad, inflate ? "PFNs outside RAM or already ballooned"
