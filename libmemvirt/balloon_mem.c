@@ -9,6 +9,8 @@
  * PFNs are then walked once: the region is looked up only when a PFN leaves the current
  * one, a PFN outside RAM or already in (inflate) / not in (deflate) the balloon is a
  * guest error and skipped, the rest flip their bit in r->ballooned and coalesce into runs.
+ * A notification applies at most its budget of PFNs: the sorted copy of a buffer cut
+ * short waits in struct mv_bl_pfnq for the next one (regions are looked up afresh).
  *
  * Inflated runs are released with one mv__region_discard() vector per region and
  * request. Huge pages: releasing 4 KiB of a 2 MiB THP frees nothing until the kernel
@@ -59,16 +61,18 @@ void mv__bl_mem_free(struct mv_balloon *b)
 	for (unsigned i = 0; i < b->n_regs; i++)
 		free(b->regs[i].blk);
 	free(b->regs);
-	free(b->pfn);
+	for (unsigned i = 0; i < 2; i++)
+		free(b->pq[i].pfn);
 	free(b->tmp);
 	free(b->rv);
 	free(b->armed);
 	b->regs = NULL;
-	b->pfn = b->tmp = NULL;
+	memset(b->pq, 0, sizeof(b->pq));
+	b->tmp = NULL;
 	b->rv = NULL;
 	b->armed = NULL;
 	b->n_regs = b->cap_regs = 0;
-	b->pfn_cap = 0;
+	b->tmp_cap = 0;
 }
 
 /* ---- device-private state per region ---- */
@@ -283,30 +287,31 @@ static void radix_sort(uint32_t *a, uint32_t *t, size_t n)
 	}
 }
 
-static int pfn_reserve(struct mv_balloon *b, size_t n)
+/* Room for n entries in *p (its contents are not kept), growing by doubling. */
+static int pfn_room(uint32_t **p, size_t *cap, size_t n)
 {
-	if (n <= b->pfn_cap)
+	if (n <= *cap)
 		return 0;
-	size_t cap = n > 2 * b->pfn_cap ? n : 2 * b->pfn_cap;
-	cap = cap < MAX_PFNS ? cap : MAX_PFNS;
-	uint32_t *p = malloc(cap * sizeof(*p)), *t = malloc(cap * sizeof(*t));
-	if (!p || !t) {
-		free(p);
-		free(t);
+	size_t c = n > 2 * *cap ? n : 2 * *cap;
+	c = c < MAX_PFNS ? c : MAX_PFNS;
+	uint32_t *x = malloc(c * sizeof(*x));
+	if (!x)
 		return -ENOMEM;
-	}
-	free(b->pfn);
-	free(b->tmp);
-	b->pfn = p;
-	b->tmp = t;
-	b->pfn_cap = cap;
+	free(*p);
+	*p = x;
+	*cap = c;
 	return 0;
 }
 
-/* Copy the PFN array of one buffer into b->pfn, sorted. Its length, or 0. */
-static size_t pfn_load(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_buf *buf)
+/* Copy the PFN array of one buffer into w->pfn, sorted. Its length, or 0. */
+static size_t pfn_load(struct mv_balloon *b, struct mv_bl_pfnq *w, struct mv_region_map *map,
+                       const struct mv_vq_buf *buf)
 {
 	size_t n = buf->len / 4; /* trailing bytes are ignored */
+	if (buf->write) {
+		mv__bl_guest_error(b, 1, "writable buffer in a PFN request");
+		return 0;
+	}
 	if (!n)
 		return 0;
 	const void *src = n <= MAX_PFNS ? mv__guest_ptr(map, buf->gpa, n * 4, NULL) : NULL;
@@ -314,32 +319,33 @@ static size_t pfn_load(struct mv_balloon *b, struct mv_region_map *map, const st
 		mv__bl_guest_error(b, 1, "PFN buffer outside RAM or over 1 MiB");
 		return 0;
 	}
-	if (pfn_reserve(b, n)) {
+	if (pfn_room(&w->pfn, &w->cap, n) || pfn_room(&b->tmp, &b->tmp_cap, n)) {
 		mv__bl_guest_error(b, 1, "no memory to copy a PFN buffer: request dropped");
 		return 0;
 	}
-	memcpy(b->pfn, src, n * 4);
+	memcpy(w->pfn, src, n * 4);
 	bool sorted = true;
 	uint32_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
-		uint32_t v = le32toh(b->pfn[i]);
-		b->pfn[i] = v;
+		uint32_t v = le32toh(w->pfn[i]);
+		w->pfn[i] = v;
 		sorted &= v >= prev;
 		prev = v;
 	}
 	if (!sorted)
-		radix_sort(b->pfn, b->tmp, n);
+		radix_sort(w->pfn, b->tmp, n);
 	return n;
 }
 
 /* The central loop: apply n sorted PFNs, one region lookup per region crossed. */
-static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n, bool inflate)
+static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, const uint32_t *pfn,
+                      size_t n, bool inflate)
 {
 	struct mv_region *r = NULL;
 	struct mv_bl_region *br = NULL;
 	uint64_t a = 0, e = 0, done = 0, bad = 0;   /* [a, e): the run being built in r */
 	for (size_t i = 0; i < n; i++) {
-		uint64_t gpa = (uint64_t)b->pfn[i] << MV_PAGE_SHIFT;
+		uint64_t gpa = (uint64_t)pfn[i] << MV_PAGE_SHIFT;
 		if (!r || gpa - r->gpa >= r->size) {
 			if (e > a)
 				(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
@@ -376,19 +382,50 @@ static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n,
 		                                   : "PFNs outside RAM or not ballooned");
 }
 
-void mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
-                 bool inflate)
+/* Each buffer is copied (and sorted) once, then applied in slices as the budget allows:
+ * a buffer costs its PFNs, one that holds none (or is refused) costs 1. */
+bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 bool inflate, uint64_t *budget)
 {
-	for (unsigned i = 0; i < c->n; i++) {
-		if (c->buf[i].write) {
-			mv__bl_guest_error(b, 1, "writable buffer in a PFN request");
-			continue;
+	struct mv_bl_pfnq *w = &b->pq[!inflate];
+	while (w->buf < c->n && *budget) {
+		if (w->at == w->n) { /* the next buffer */
+			w->at = 0;
+			w->n = pfn_load(b, w, map, &c->buf[w->buf]);
+			if (!w->n) {
+				w->buf++;
+				(*budget)--;
+				continue;
+			}
 		}
-		size_t n = pfn_load(b, map, &c->buf[i]);
-		if (n)
-			pfn_apply(b, map, n, inflate);
+		size_t k = w->n - w->at < *budget ? w->n - w->at : (size_t)*budget;
+		pfn_apply(b, map, w->pfn + w->at, k, inflate);
+		w->at += k;
+		*budget -= k;
+		if (w->at == w->n) {
+			w->buf++;
+			w->n = w->at = 0;
+		}
 	}
-	rv_flush(b);
+	rv_flush(b); /* nothing of the map is kept past the caller's read-side section */
+	if (w->buf < c->n)
+		return false;
+	w->buf = 0;
+	return true;
+}
+
+/* Forget requests in progress (their chains went with a reset). */
+void mv__bl_pfns_drop(struct mv_balloon *b)
+{
+	for (unsigned i = 0; i < 2; i++)
+		b->pq[i].buf = b->pq[i].n = b->pq[i].at = 0;
+}
+
+/* Take the pages of a buffer from the budget, at least 1. */
+static void charge(uint64_t *budget, uint64_t len)
+{
+	uint64_t pages = len >> MV_PAGE_SHIFT ? len >> MV_PAGE_SHIFT : 1;
+	*budget -= pages < *budget ? pages : *budget;
 }
 
 /* ---- free page reporting and hinting ---- */
@@ -416,10 +453,12 @@ static bool poisoned(const struct mv_balloon *b)
 	return b->features & (1ull << MV_BALLOON_F_PAGE_POISON) && b->poison;
 }
 
-void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
+void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                   uint64_t *budget)
 {
 	for (unsigned i = 0; i < c->n; i++) {
 		uint64_t gpa = c->buf[i].gpa, len = c->buf[i].len;
+		charge(budget, len);
 		if (!c->buf[i].write || !free_range_ok(map, gpa, len)) {
 			mv__bl_guest_error(b, 1, "bad free page report");
 			continue;
@@ -524,9 +563,11 @@ static void hint_cmd(struct mv_balloon *b, struct mv_region_map *map, const stru
 	b->hint_run = id != MV_BL_CMD_STOP && id == b->cmd_id && id > MV_BL_CMD_DONE;
 }
 
-void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
+void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 uint64_t *budget)
 {
 	for (unsigned i = 0; i < c->n; i++) {
+		charge(budget, c->buf[i].write ? c->buf[i].len : 0);
 		if (!c->buf[i].write)
 			hint_cmd(b, map, &c->buf[i]);
 		else if (b->hint_run) /* else stale: the run of an old cmd id */

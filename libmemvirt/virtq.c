@@ -126,6 +126,11 @@ static int walk(struct mv_vq *vq, uint16_t head, struct mv_vq_chain *c)
 
 int mv__vq_pop(struct mv_vq *vq, struct mv_vq_chain *c)
 {
+	if (vq->held) {
+		vq->held = false;
+		*c = vq->hold;
+		return 1;
+	}
 	if (vq->last_avail == vq->avail_end)
 		return 0;
 	uint16_t head = ld16(vq->a + 4 + 2u * (vq->last_avail & (vq->num - 1)), __ATOMIC_RELAXED);
@@ -138,6 +143,17 @@ int mv__vq_pop(struct mv_vq *vq, struct mv_vq_chain *c)
 	c->head = head;
 	vq->last_avail++;
 	return 1;
+}
+
+void mv__vq_hold(struct mv_vq *vq, const struct mv_vq_chain *c)
+{
+	vq->hold = *c;
+	vq->held = true;
+}
+
+bool mv__vq_pending(const struct mv_vq *vq)
+{
+	return vq->held || vq->last_avail != vq->avail_end;
 }
 
 void mv__vq_push(struct mv_vq *vq, uint16_t head, uint32_t len)

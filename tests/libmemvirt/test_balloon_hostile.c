@@ -261,11 +261,115 @@ static void reused_region_address_gets_fresh_cache(void **state)
 	tu_guest_free(m, 64 * MiB / TPAGE);
 }
 
+/* ---- work per notification ---- */
+
+#define LIST_PFNS  (1u << 18)       /* the largest PFN buffer the device takes: 1 MiB */
+#define LOW_VALID  4096u            /* PFNs of [0, 16 MiB), below the rings */
+#define XTRA_PAGES 8192u            /* slot 1: 32 MiB at EXTRA_GPA */
+
+/* PFNs processed so far: each is either in the balloon now or refused. */
+static uint64_t processed(struct fx *f)
+{
+	struct mv_balloon_info in = info(f);
+	return (in.inflated_bytes + in.deflated_bytes) / TPAGE + in.guest_errors;
+}
+
+/* One 1 MiB list: [0, 16 MiB), all of slot 1, then PFNs beyond RAM; unsorted. */
+static uint64_t big_list(struct fx *f)
+{
+	uint64_t gpa = dalloc(f, LIST_PFNS * 4);
+	uint32_t *p = G(f, gpa);
+	for (uint32_t i = 0; i < LIST_PFNS; i++) {
+		uint32_t v = i < LOW_VALID ? i : i < LOW_VALID + XTRA_PAGES ?
+		             PFN(EXTRA_GPA) + (i - LOW_VALID) : PFN(1ull << 30) + i;
+		p[LIST_PFNS - 1 - i] = v;
+	}
+	return gpa;
+}
+
+/* A call over budget leaves the rest for the next: every call is counted and bounded. */
+static int notify_bounded(struct fx *f, unsigned q)
+{
+	uint64_t before = processed(f);
+	int rc = mv_balloon_queue_notify(f->b, q);
+	assert_true(processed(f) - before <= MV_BALLOON_NOTIFY_PFNS);
+	return rc;
+}
+
+/* A hostile guest queues 64 descriptors (a chain of 32, then 32 chains of one) naming
+ * the same 1 MiB PFN list: 16 Mi PFNs for one notification. Each call does at most the
+ * budget, the VMM calls again until the device says it is done, and region changes and
+ * other queues work in between; the outcome is that of the requests applied in order. */
+static void inflate_work_bounded_per_notify(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *m = tu_guest_alloc(XTRA_PAGES);
+	assert_int_equal(mv_vm_region_add(f->vm, 1, EXTRA_GPA, m, XTRA_PAGES * TPAGE, 0), 0);
+	up(f, 0);
+	uint64_t list = big_list(f);
+	struct sg sg[32];
+	for (unsigned i = 0; i < 32; i++)
+		sg[i] = (struct sg){ list, LIST_PFNS * 4, false };
+	add_chain(f, 0, sg, 32);
+	for (unsigned i = 0; i < 32; i++)
+		add_chain(f, 0, sg, 1);
+	assert_int_equal(notify_bounded(f, 0), 1);
+	assert_int_equal(used(f, 0), 0);
+	assert_int_equal(info(f).held_bytes, (LOW_VALID + XTRA_PAGES) * TPAGE);
+	/* between calls: slot 1 goes and comes back (a new region, nothing in the balloon),
+	 * and a deflate request is handled at once */
+	assert_int_equal(mv_vm_region_remove(f->vm, 1), 0);
+	assert_int_equal(mv_vm_region_add(f->vm, 1, EXTRA_GPA, m, XTRA_PAGES * TPAGE, 0), 0);
+	uint32_t back[] = { 5, 6 };
+	send_pfns(f, 1, back, 2);
+	assert_int_equal(info(f).held_bytes, (LOW_VALID - 2) * TPAGE);
+	unsigned calls = 1;
+	while (notify_bounded(f, 0) == 1)
+		assert_true(++calls < 64 * LIST_PFNS / MV_BALLOON_NOTIFY_PFNS + 64);
+	assert_int_equal(used(f, 0), 33);
+	struct mv_balloon_info in = info(f);
+	uint64_t applied = LOW_VALID + XTRA_PAGES + XTRA_PAGES + 2; /* list 2 re-inflates */
+	assert_int_equal(in.held_bytes, (LOW_VALID + XTRA_PAGES) * TPAGE);
+	assert_int_equal(in.inflated_bytes, applied * TPAGE);
+	assert_int_equal(in.deflated_bytes, 2 * TPAGE);
+	assert_int_equal(in.guest_errors, 64ull * LIST_PFNS - applied);
+	assert_false(in.needs_reset);
+	assert_false(resident(f->mem + 5 * TPAGE));
+	assert_false(resident(m + (XTRA_PAGES - 1) * TPAGE));
+	assert_true(resident(f->mem + LOW_VALID * TPAGE)); /* the first page not named */
+	mv_balloon_free(f->b);
+	f->b = NULL;
+	assert_int_equal(mv_vm_region_remove(f->vm, 1), 0);
+	tu_guest_free(m, XTRA_PAGES);
+}
+
+/* A reset while a request is cut short drops it; the device works afterwards. */
+static void reset_drops_unfinished_request(void **state)
+{
+	struct fx *f = *state;
+	up(f, 0);
+	uint64_t list = big_list(f);
+	struct sg sg[4];
+	for (unsigned i = 0; i < 4; i++)
+		sg[i] = (struct sg){ list, LIST_PFNS * 4, false };
+	add_chain(f, 0, sg, 4);
+	assert_int_equal(notify_bounded(f, 0), 1);
+	up(f, 0);
+	uint32_t pfn[] = { 9, 10, 11 };
+	uint64_t before = processed(f);
+	send_pfns(f, 0, pfn, 3);
+	assert_int_equal(processed(f), before + 3);
+	assert_int_equal(info(f).held_bytes, 3 * TPAGE);
+	assert_int_equal(mv_balloon_queue_notify(f->b, 0), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(reset_after_region_removed, setup, teardown),
 		cmocka_unit_test_setup_teardown(reused_region_address_gets_fresh_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(inflate_work_bounded_per_notify, setup, teardown),
+		cmocka_unit_test_setup_teardown(reset_drops_unfinished_request, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
