@@ -267,32 +267,23 @@ static void stats_entry(struct mv_balloon *b, const uint8_t e[10])
 	}
 }
 
-/* Parse 10-byte entries (le16 tag, le64 value, packed) across the readable buffers;
- * an incomplete entry at the end is ignored. */
+/* Parse 10-byte entries (le16 tag, le64 value, packed) across the readable buffers,
+ * each gathered from guest RAM (it may span regions) into one copy; an incomplete entry
+ * at the end is ignored. A buffer outside RAM drops the whole request. */
 static void stats_parse(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
 {
-	uint8_t e[10];
-	unsigned have = 0;
+	uint8_t buf[STATS_MAX_BYTES];
 	uint64_t total = 0;
 	for (unsigned i = 0; i < c->n && !c->buf[i].write && total < STATS_MAX_BYTES; i++) {
 		uint64_t len = c->buf[i].len < STATS_MAX_BYTES - total ? c->buf[i].len : STATS_MAX_BYTES - total;
-		const uint8_t *p = mv__guest_ptr(map, c->buf[i].gpa, len, NULL);
-		if (!p) {
+		if (!mv__guest_read(map, c->buf[i].gpa, buf + total, len)) {
 			mv__bl_guest_error(b, 1, "stats buffer outside RAM");
 			return;
 		}
 		total += len;
-		for (uint64_t k = 0; k < len;) {
-			unsigned take = 10 - have < len - k ? 10 - have : (unsigned)(len - k);
-			memcpy(e + have, p + k, take);
-			have += take;
-			k += take;
-			if (have == sizeof(e)) {
-				stats_entry(b, e);
-				have = 0;
-			}
-		}
 	}
+	for (uint64_t k = 0; k + 10 <= total; k += 10)
+		stats_entry(b, buf + k);
 	b->stats_ns = now_ns(b);
 	b->stats_seen = true;
 }

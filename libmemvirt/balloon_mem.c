@@ -314,16 +314,18 @@ static size_t pfn_load(struct mv_balloon *b, struct mv_bl_pfnq *w, struct mv_reg
 	}
 	if (!n)
 		return 0;
-	const void *src = n <= MAX_PFNS ? mv__guest_ptr(map, buf->gpa, n * 4, NULL) : NULL;
-	if (!src) {
-		mv__bl_guest_error(b, 1, "PFN buffer outside RAM or over 1 MiB");
+	if (n > MAX_PFNS) {
+		mv__bl_guest_error(b, 1, "PFN buffer over 1 MiB");
 		return 0;
 	}
 	if (pfn_room(&w->pfn, &w->cap, n) || pfn_room(&b->tmp, &b->tmp_cap, n)) {
 		mv__bl_guest_error(b, 1, "no memory to copy a PFN buffer: request dropped");
 		return 0;
 	}
-	memcpy(w->pfn, src, n * 4);
+	if (!mv__guest_read(map, buf->gpa, w->pfn, n * 4)) { /* it may span regions */
+		mv__bl_guest_error(b, 1, "PFN buffer outside RAM");
+		return 0;
+	}
 	bool sorted = true;
 	uint32_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -551,13 +553,11 @@ static void hint_range(struct mv_balloon *b, struct mv_region_map *map, uint64_t
 /* The driver's command: the cmd id that starts its run, or STOP at its end. */
 static void hint_cmd(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_buf *buf)
 {
-	const uint8_t *p = buf->len >= 4 ? mv__guest_ptr(map, buf->gpa, 4, NULL) : NULL;
-	if (!p) {
+	uint32_t id; /* read once; the guest's buffer need not be aligned */
+	if (buf->len < 4 || !mv__guest_read(map, buf->gpa, &id, 4)) {
 		mv__bl_guest_error(b, 1, "bad free page hint command");
 		return;
 	}
-	uint32_t id;
-	memcpy(&id, p, 4); /* read once; the guest's buffer need not be aligned */
 	id = le32toh(id);
 	mv__bl_hint_complete(b, map); /* a run ends, or a new one starts */
 	b->hint_run = id != MV_BL_CMD_STOP && id == b->cmd_id && id > MV_BL_CMD_DONE;

@@ -47,6 +47,10 @@ struct mv_vq {
 /* Host address of guest-physical [gpa, gpa + len) if it lies wholly inside one live
  * region of map (NULL otherwise; *rp gets the region if rp). Call with rcu_read_lock(). */
 void *mv__guest_ptr(struct mv_region_map *map, uint64_t gpa, uint64_t len, struct mv_region **rp);
+/* Copy guest-physical [gpa, gpa + len) to dst, gathered from as many live regions as it
+ * spans (adjacent in guest-physical memory, wherever their host memory lies). false if
+ * part of it is not RAM (dst is then partly written). Call with rcu_read_lock(). */
+bool mv__guest_read(struct mv_region_map *map, uint64_t gpa, void *dst, uint64_t len);
 
 /* Check a ring setup (size, alignment, rings inside RAM) and enable the queue with it,
  * indexes at 0. -EINVAL (queue unchanged), -ENOMEM. Call with rcu_read_lock(). */

@@ -18,7 +18,9 @@ extern "C" {
  * The device reads and writes guest memory only through the VM's regions: every
  * address, length, PFN and count the guest supplies is checked first, and a malformed
  * request is dropped (the device sets DEVICE_NEEDS_RESET where the virtio spec asks it
- * to) without touching host memory outside the guest's RAM.
+ * to) without touching host memory outside the guest's RAM. A buffer may start in one
+ * region and go on in the next one adjacent in guest-physical memory (wherever their
+ * host memory lies); each ring must lie within one region.
  *
  * Threads: every function may be called from any thread; one mutex per device
  * serialises them. The device never waits for the guest: queue notifications are
@@ -150,7 +152,8 @@ struct mv_virtq_setup {
 	uint64_t desc, avail, used; /* guest-physical addresses */
 };
 /* Enable (setup != NULL) or disable queue q, between FEATURES_OK and DRIVER_OK (else
- * -EBUSY). -EINVAL on a bad size, misaligned or out-of-RAM rings, or an unknown queue. */
+ * -EBUSY). -EINVAL on a bad size, misaligned rings, a ring not within one region of
+ * RAM, or an unknown queue. */
 int mv_balloon_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *setup);
 /* Work per call: PFNs of inflate and deflate requests applied (a buffer that holds
  * none costs 1), or 4 KiB pages of free page reports and hints (those are never cut

@@ -363,6 +363,111 @@ static void reset_drops_unfinished_request(void **state)
 	assert_int_equal(mv_balloon_queue_notify(f->b, 0), 0);
 }
 
+/* ---- buffers across adjacent regions ---- */
+
+/* Guest RAM in three slots back to back in guest-physical memory, at EXTRA_GPA: slots 1
+ * and 2 are adjacent in host memory as well, slot 3 lies elsewhere (2 MiB further). */
+#define SPAN_BYTES (8 * MiB)
+
+static void *span_map(struct fx *f)
+{
+	uint8_t *m = tu_guest_alloc(SPAN_BYTES / TPAGE);
+	static const struct { uint64_t off, hva_off; } s[] = { { 0, 0 }, { 2 * MiB, 2 * MiB },
+	                                                       { 4 * MiB, 6 * MiB } };
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(mv_vm_region_add(f->vm, 1 + i, EXTRA_GPA + s[i].off, m + s[i].hva_off,
+		                                  2 * MiB, 0), 0);
+	return m;
+}
+
+/* Host address of a guest-physical address in the three slots. */
+static uint8_t *span_hva(uint8_t *m, uint64_t gpa)
+{
+	uint64_t off = gpa - EXTRA_GPA;
+	assert_true(off < 6 * MiB);
+	return m + (off < 4 * MiB ? off : off + 2 * MiB);
+}
+
+/* Write len bytes to guest-physical gpa, across the slots. */
+static void span_write(uint8_t *m, uint64_t gpa, const void *src, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		*span_hva(m, gpa + i) = ((const uint8_t *)src)[i];
+}
+
+/* Queue one PFN buffer at gpa (written there first) and notify. */
+static void send_pfns_at(struct fx *f, uint8_t *m, unsigned q, uint64_t gpa, const uint32_t *pfn,
+                         size_t n)
+{
+	span_write(m, gpa, pfn, n * 4);
+	struct sg sg = { gpa, (uint32_t)(n * 4), false };
+	add_chain(f, q, &sg, 1);
+	assert_int_equal(mv_balloon_queue_notify(f->b, q), 0);
+	assert_int_equal(used(f, q), 1);
+}
+
+static void put_stat(uint8_t *p, uint16_t tag, uint64_t val)
+{
+	memcpy(p, &tag, 2);
+	memcpy(p + 2, &val, 8);
+}
+
+/* A PFN array or a stats buffer contiguous in guest-physical memory is read whole, though
+ * it starts in one region and ends in the next, adjacent in host memory or not; one that
+ * runs past the end of RAM is refused. */
+static void buffers_span_adjacent_regions(void **state)
+{
+	struct fx *f = *state;
+	uint8_t *m = span_map(f);
+	up(f, FB(STATS_VQ));
+	uint32_t pfn[16];
+	for (unsigned i = 0; i < 16; i++)
+		pfn[i] = 0x100 + i;
+	send_pfns_at(f, m, 0, EXTRA_GPA + 2 * MiB - 32, pfn, 16); /* slots 1 and 2 */
+	assert_int_equal(info(f).held_bytes, 16 * TPAGE);
+	for (unsigned i = 0; i < 12; i++)
+		pfn[i] = 0x200 + i;
+	send_pfns_at(f, m, 0, EXTRA_GPA + 4 * MiB - 20, pfn, 12); /* slots 2 and 3 */
+	send_pfns_at(f, m, 1, EXTRA_GPA + 4 * MiB - 8, pfn, 4);   /* deflate, slots 2 and 3 */
+	struct mv_balloon_info in = info(f);
+	assert_int_equal(in.held_bytes, 24 * TPAGE);
+	assert_int_equal(in.guest_errors, 0);
+	assert_false(resident(f->mem + 0x10f * TPAGE));
+	assert_false(resident(f->mem + 0x20b * TPAGE));
+	/* stats: an entry split between slots 1 and 2, a second buffer from 2 into 3 */
+	uint8_t st[40];
+	put_stat(st, MV_BSTAT_SWAP_IN, 11);
+	put_stat(st + 10, MV_BSTAT_MEMFREE, 1ull << 33);
+	put_stat(st + 20, MV_BSTAT_CACHES, 33);
+	put_stat(st + 30, MV_BSTAT_OOM_KILLS, 44);
+	span_write(m, EXTRA_GPA + 2 * MiB - 15, st, 25);
+	span_write(m, EXTRA_GPA + 4 * MiB - 7, st + 25, 15);
+	struct sg sg[] = { { EXTRA_GPA + 2 * MiB - 15, 25, false }, { EXTRA_GPA + 4 * MiB - 7, 15, false } };
+	add_chain(f, 2, sg, 2);
+	assert_int_equal(mv_balloon_queue_notify(f->b, 2), 0);
+	in = info(f);
+	assert_int_equal(in.stats_valid, 1u << MV_BSTAT_SWAP_IN | 1u << MV_BSTAT_MEMFREE |
+	                                 1u << MV_BSTAT_CACHES | 1u << MV_BSTAT_OOM_KILLS);
+	assert_int_equal(in.stats[MV_BSTAT_SWAP_IN], 11);
+	assert_true(in.stats[MV_BSTAT_MEMFREE] == 1ull << 33);
+	assert_int_equal(in.stats[MV_BSTAT_CACHES], 33);
+	assert_int_equal(in.stats[MV_BSTAT_OOM_KILLS], 44);
+	/* off the end of RAM: refused whole */
+	pfn[0] = 0x300;
+	span_write(m, EXTRA_GPA + 6 * MiB - 4, pfn, 4);
+	struct sg past = { EXTRA_GPA + 6 * MiB - 4, 8, false };
+	add_chain(f, 0, &past, 1);
+	assert_int_equal(mv_balloon_queue_notify(f->b, 0), 0);
+	in = info(f);
+	assert_int_equal(in.held_bytes, 24 * TPAGE);
+	assert_int_equal(in.guest_errors, 1);
+	mv_balloon_free(f->b);
+	f->b = NULL;
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(mv_vm_region_remove(f->vm, 1 + i), 0);
+	tu_guest_free(m, SPAN_BYTES / TPAGE);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -370,6 +475,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(reused_region_address_gets_fresh_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(inflate_work_bounded_per_notify, setup, teardown),
 		cmocka_unit_test_setup_teardown(reset_drops_unfinished_request, setup, teardown),
+		cmocka_unit_test_setup_teardown(buffers_span_adjacent_regions, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
