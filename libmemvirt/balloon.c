@@ -9,12 +9,16 @@
  * are compacted as Linux and QEMU expect: inflateq 0, deflateq 1, then statsq,
  * free_page_vq and reporting_vq, each only if negotiated, taking the next number.
  *
- * A notification consumes the chains the avail idx showed when it began (work is
- * bounded by the ring), under rcu_read_lock() so that the regions read stay alive;
- * balloon_mem.c does the page work. A malformed ring sets DEVICE_NEEDS_RESET (config
- * interrupt); malformed requests are skipped and counted in guest_errors. Nothing is
- * consumed before DRIVER_OK; what was queued before (Linux's first stats buffer) is
- * consumed when DRIVER_OK is set.
+ * A notification consumes the chains the avail idx showed when it began, under
+ * rcu_read_lock() so that the regions read stay alive; balloon_mem.c does the page work.
+ * The work of one call is bounded by a budget (MV_BALLOON_NOTIFY_PFNS PFNs, or pages of
+ * reported and hinted memory), not by the ring: a guest can name the same 1 MiB PFN list
+ * from every descriptor, and the VM's region changes wait for the read-side section to
+ * end. When the budget runs out inside an inflate or deflate chain, the queue holds the
+ * chain and balloon_mem.c where it got to; the call returns 1 and the VMM calls again.
+ * A malformed ring sets DEVICE_NEEDS_RESET (config interrupt); malformed requests are
+ * skipped and counted in guest_errors. Nothing is consumed before DRIVER_OK; what was
+ * queued before (Linux's first stats buffer) is consumed when DRIVER_OK is set.
  *
  * Statistics follow the spec's protocol: the device keeps the driver's buffer after
  * parsing it and hands it back on mv_balloon_stats_request(); the driver answers with a
@@ -121,6 +125,7 @@ static void reset(struct mv_balloon *b)
 	rcu_read_unlock();
 	for (unsigned q = 0; q < MV_BL_NQ; q++)
 		mv__vq_disable(&b->vq[q]);
+	mv__bl_pfns_drop(b);
 	b->features = 0;
 	b->features_valid = false;
 	b->status = 0;
@@ -262,32 +267,23 @@ static void stats_entry(struct mv_balloon *b, const uint8_t e[10])
 	}
 }
 
-/* Parse 10-byte entries (le16 tag, le64 value, packed) across the readable buffers;
- * an incomplete entry at the end is ignored. */
+/* Parse 10-byte entries (le16 tag, le64 value, packed) across the readable buffers,
+ * each gathered from guest RAM (it may span regions) into one copy; an incomplete entry
+ * at the end is ignored. A buffer outside RAM drops the whole request. */
 static void stats_parse(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
 {
-	uint8_t e[10];
-	unsigned have = 0;
+	uint8_t buf[STATS_MAX_BYTES];
 	uint64_t total = 0;
 	for (unsigned i = 0; i < c->n && !c->buf[i].write && total < STATS_MAX_BYTES; i++) {
 		uint64_t len = c->buf[i].len < STATS_MAX_BYTES - total ? c->buf[i].len : STATS_MAX_BYTES - total;
-		const uint8_t *p = mv__guest_ptr(map, c->buf[i].gpa, len, NULL);
-		if (!p) {
+		if (!mv__guest_read(map, c->buf[i].gpa, buf + total, len)) {
 			mv__bl_guest_error(b, 1, "stats buffer outside RAM");
 			return;
 		}
 		total += len;
-		for (uint64_t k = 0; k < len;) {
-			unsigned take = 10 - have < len - k ? 10 - have : (unsigned)(len - k);
-			memcpy(e + have, p + k, take);
-			have += take;
-			k += take;
-			if (have == sizeof(e)) {
-				stats_entry(b, e);
-				have = 0;
-			}
-		}
 	}
+	for (uint64_t k = 0; k + 10 <= total; k += 10)
+		stats_entry(b, buf + k);
 	b->stats_ns = now_ns(b);
 	b->stats_seen = true;
 }
@@ -302,25 +298,29 @@ static void stats_take(struct mv_balloon *b, struct mv_vq *vq, struct mv_region_
 	b->stats_head = c->head;
 }
 
-static void handle(struct mv_balloon *b, struct mv_region_map *map, unsigned q,
-                   const struct mv_vq_chain *c)
+/* Work on one chain, from *budget; false if it is not finished (the queue holds it). */
+static bool handle(struct mv_balloon *b, struct mv_region_map *map, unsigned q,
+                   const struct mv_vq_chain *c, uint64_t *budget)
 {
 	switch (b->role[q]) {
 	case BL_INFLATE:
 	case BL_DEFLATE:
-		mv__bl_pfns(b, map, c, b->role[q] == BL_INFLATE);
+		if (!mv__bl_pfns(b, map, c, b->role[q] == BL_INFLATE, budget))
+			return false;
 		break;
 	case BL_STATS:
+		(*budget)--;
 		stats_take(b, &b->vq[q], map, c);
-		return;
+		return true;
 	case BL_HINT:
-		mv__bl_hint(b, map, c);
+		mv__bl_hint(b, map, c, budget);
 		break;
 	case BL_REPORT:
-		mv__bl_report(b, map, c);
+		mv__bl_report(b, map, c, budget);
 		break;
 	}
 	mv__vq_push(&b->vq[q], c->head, 0);
+	return true;
 }
 
 int mv__bl_queue_notify(struct mv_balloon *b, unsigned q)
@@ -334,11 +334,14 @@ int mv__bl_queue_notify(struct mv_balloon *b, unsigned q)
 	struct mv_region_map *map = rcu_dereference(b->vm->map);
 	mv__bl_regions_prune(b, map);
 	struct mv_vq_chain c;
+	uint64_t budget = MV_BALLOON_NOTIFY_PFNS;
 	int err = mv__vq_begin(vq, map);
-	while (!err && (err = mv__vq_pop(vq, &c)) == 1) {
+	while (!err && budget && (err = mv__vq_pop(vq, &c)) == 1) {
 		err = 0;
-		handle(b, map, q, &c);
+		if (!handle(b, map, q, &c, &budget))
+			mv__vq_hold(vq, &c);
 	}
+	bool more = !err && mv__vq_pending(vq);
 	bool irq = mv__vq_end(vq);
 	rcu_read_unlock();
 	if (irq)
@@ -348,7 +351,7 @@ int mv__bl_queue_notify(struct mv_balloon *b, unsigned q)
 		                                : "malformed ring: device needs reset");
 		return -EPROTO;
 	}
-	return 0;
+	return more;
 }
 
 /* ---- lifetime ---- */

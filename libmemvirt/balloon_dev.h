@@ -34,13 +34,26 @@ struct mv_bl_mmio {
 };
 
 /* Device-private state of one guest region, for the huge-page rule (Overview in
- * balloon_mem.c). Looked up by region pointer; dropped when the region leaves the map. */
+ * balloon_mem.c). Looked up by the region's serial, never by its address (a region added
+ * after another was removed may get the same address); dropped when the region leaves
+ * the map. */
 struct mv_bl_region {
-	struct mv_region *r;
-	uint8_t *blk;                 /* per 2 MiB host block (r->nr_chunks): BLK_* */
+	uint64_t serial;              /* of the region */
+	uint64_t n;                   /* entries of blk: the region's nr_chunks */
+	uint8_t *blk;                 /* per 2 MiB host block: BLK_* */
 };
 
 struct mv_bl_hint { uint64_t gpa, len; }; /* an armed range, found again by gpa */
+
+/* The PFN request in progress on inflateq or deflateq (balloon_mem.c). A notification
+ * whose work budget runs out in the middle of a chain leaves it here, and the queue
+ * holds the chain, until a later notification goes on from buffer `buf`, entry `at`. */
+struct mv_bl_pfnq {
+	uint32_t *pfn;                /* sorted copy of buffer `buf` while at < n */
+	size_t cap;                   /* entries of pfn */
+	size_t n, at;                 /* entries copied; the next to apply */
+	unsigned buf;                 /* buffers of the chain before it are done */
+};
 
 /* Every field is guarded by `lock`. */
 struct mv_balloon {
@@ -80,8 +93,9 @@ struct mv_balloon {
 	unsigned n_armed;
 
 	/* page work (balloon_mem.c) */
-	uint32_t *pfn, *tmp;           /* PFN copy and sort space, pfn_cap entries each */
-	size_t pfn_cap;
+	struct mv_bl_pfnq pq[2];       /* inflateq, deflateq */
+	uint32_t *tmp;                 /* sort space, tmp_cap entries */
+	size_t tmp_cap;
 	struct mv_prange *rv;          /* ranges to release, all in rv_r */
 	size_t rv_n;
 	struct mv_region *rv_r;
@@ -104,13 +118,19 @@ int mv__bl_config_write(struct mv_balloon *b, unsigned off, const void *buf, uns
 int mv__bl_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *s);
 int mv__bl_queue_notify(struct mv_balloon *b, unsigned q);
 
-/* balloon_mem.c; callers hold b->lock and rcu_read_lock(), map is the VM's. */
+/* balloon_mem.c; callers hold b->lock and rcu_read_lock(), map is the VM's. The request
+ * handlers take their work from *budget (PFNs or pages, at least 1 per buffer); pfns
+ * stops when it runs out and returns false if the chain is not finished (it goes on
+ * from where it stopped when called again with the same chain). */
 int mv__bl_mem_init(struct mv_balloon *b);
 void mv__bl_mem_free(struct mv_balloon *b);
-void mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
-                 bool inflate);
-void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c);
-void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c);
+bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 bool inflate, uint64_t *budget);
+void mv__bl_pfns_drop(struct mv_balloon *b);
+void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                   uint64_t *budget);
+void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 uint64_t *budget);
 void mv__bl_hint_complete(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_hint_forget(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map);

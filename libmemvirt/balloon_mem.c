@@ -9,11 +9,14 @@
  * PFNs are then walked once: the region is looked up only when a PFN leaves the current
  * one, a PFN outside RAM or already in (inflate) / not in (deflate) the balloon is a
  * guest error and skipped, the rest flip their bit in r->ballooned and coalesce into runs.
+ * A notification applies at most its budget of PFNs: the sorted copy of a buffer cut
+ * short waits in struct mv_bl_pfnq for the next one (regions are looked up afresh).
  *
  * Inflated runs are released with one mv__region_discard() vector per region and
  * request. Huge pages: releasing 4 KiB of a 2 MiB THP frees nothing until the kernel
  * splits it, so a run that covers only part of a 2 MiB host block looks at the block
- * once (PAGEMAP_SCAN; the answer is cached per block in struct mv_bl_region). Backed by
+ * once (PAGEMAP_SCAN; the answer is cached per block in struct mv_bl_region, found by the
+ * region's serial: a new region may have a removed one's address). Backed by
  * small pages, the run is released at once. Backed by a huge page, the pieces are only
  * marked, and the whole block is released when the last of its pages joins the balloon
  * (QEMU's per-host-page bitmap). The cache is forgotten when the block is released or
@@ -58,24 +61,26 @@ void mv__bl_mem_free(struct mv_balloon *b)
 	for (unsigned i = 0; i < b->n_regs; i++)
 		free(b->regs[i].blk);
 	free(b->regs);
-	free(b->pfn);
+	for (unsigned i = 0; i < 2; i++)
+		free(b->pq[i].pfn);
 	free(b->tmp);
 	free(b->rv);
 	free(b->armed);
 	b->regs = NULL;
-	b->pfn = b->tmp = NULL;
+	memset(b->pq, 0, sizeof(b->pq));
+	b->tmp = NULL;
 	b->rv = NULL;
 	b->armed = NULL;
 	b->n_regs = b->cap_regs = 0;
-	b->pfn_cap = 0;
+	b->tmp_cap = 0;
 }
 
 /* ---- device-private state per region ---- */
 
-static bool in_map(struct mv_region_map *map, const struct mv_region *r)
+static bool in_map(struct mv_region_map *map, uint64_t serial)
 {
 	for (unsigned i = 0; map && i < map->n; i++)
-		if (map->r[i] == r)
+		if (map->r[i]->serial == serial)
 			return true;
 	return false;
 }
@@ -83,7 +88,7 @@ static bool in_map(struct mv_region_map *map, const struct mv_region *r)
 void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map)
 {
 	for (unsigned i = 0; i < b->n_regs;) {
-		if (in_map(map, b->regs[i].r)) {
+		if (in_map(map, b->regs[i].serial)) {
 			i++;
 			continue;
 		}
@@ -92,12 +97,13 @@ void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map)
 	}
 }
 
-/* The block cache of r, NULL without memory for it (then every block counts as small). */
-static uint8_t *region_blk(struct mv_balloon *b, struct mv_region *r)
+/* The block cache of r, NULL without memory for it (then every block counts as small).
+ * Valid until the next call (b->regs may move). */
+static struct mv_bl_region *region_blk(struct mv_balloon *b, struct mv_region *r)
 {
 	for (unsigned i = 0; i < b->n_regs; i++)
-		if (b->regs[i].r == r)
-			return b->regs[i].blk;
+		if (b->regs[i].serial == r->serial)
+			return &b->regs[i];
 	if (b->n_regs == b->cap_regs) {
 		unsigned cap = b->cap_regs ? 2 * b->cap_regs : 4;
 		struct mv_bl_region *n = realloc(b->regs, cap * sizeof(*n));
@@ -107,9 +113,10 @@ static uint8_t *region_blk(struct mv_balloon *b, struct mv_region *r)
 		b->cap_regs = cap;
 	}
 	uint8_t *blk = calloc(r->nr_chunks, 1);
-	if (blk)
-		b->regs[b->n_regs++] = (struct mv_bl_region){ r, blk };
-	return blk;
+	if (!blk)
+		return NULL;
+	b->regs[b->n_regs] = (struct mv_bl_region){ r->serial, r->nr_chunks, blk };
+	return &b->regs[b->n_regs++];
 }
 
 void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map)
@@ -118,7 +125,7 @@ void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map)
 		for (uint64_t w = 0; w < (map->r[i]->npages + 63) / 64; w++)
 			atomic_store_explicit(&map->r[i]->ballooned[w], 0, memory_order_relaxed);
 	for (unsigned i = 0; i < b->n_regs; i++)
-		memset(b->regs[i].blk, BLK_UNKNOWN, b->regs[i].r->nr_chunks);
+		memset(b->regs[i].blk, BLK_UNKNOWN, b->regs[i].n);
 }
 
 uint64_t mv__bl_held_pages(struct mv_region_map *map)
@@ -132,6 +139,18 @@ uint64_t mv__bl_held_pages(struct mv_region_map *map)
 }
 
 /* ---- 2 MiB host blocks ---- */
+
+/* The cached state of block c; a block the cache does not cover is unknown. */
+static uint8_t blk_get(const struct mv_bl_region *br, uint64_t c)
+{
+	return br && c < br->n ? br->blk[c] : BLK_UNKNOWN;
+}
+
+static void blk_put(struct mv_bl_region *br, uint64_t c, uint8_t st)
+{
+	if (br && c < br->n)
+		br->blk[c] = st;
+}
 
 static uint64_t blk_of(const struct mv_region *r, uint64_t k)
 {
@@ -160,18 +179,19 @@ static bool bits_all(_Atomic uint64_t *map, uint64_t lo, uint64_t hi, bool set)
 	return true;
 }
 
-/* Is block c, which holds page k, backed by a huge page? Asked once, then cached. */
-static int blk_state(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t c,
-                     uint64_t k)
+/* Is block c, which holds page k, backed by a huge page? Asked once, then cached; small
+ * when it cannot be cached (a huge page held back needs its state kept). */
+static int blk_state(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                     uint64_t c, uint64_t k)
 {
-	if (!blk || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
+	if (!br || c >= br->n || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
 		return BLK_SMALL;
-	if (blk[c] == BLK_UNKNOWN) {
+	if (br->blk[c] == BLK_UNKNOWN) {
 		uint8_t cat = 0;
 		int err = b->h->prim->page_categories(b->h->pagemap_fd, r->hva + k * MV_PAGE_SIZE, 1, &cat);
-		blk[c] = !err && (cat & MV_PAGE_IS_HUGE) ? BLK_HUGE : BLK_SMALL;
+		br->blk[c] = !err && (cat & MV_PAGE_IS_HUGE) ? BLK_HUGE : BLK_SMALL;
 	}
-	return blk[c];
+	return br->blk[c];
 }
 
 /* ---- releasing ---- */
@@ -208,8 +228,8 @@ static void rv_add(struct mv_balloon *b, struct mv_region *r, uint64_t first, ui
 
 /* Pages [a, e) of r just joined the balloon: release them, or leave them to their huge
  * page until the whole block is in. */
-static void inflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t a,
-                        uint64_t e)
+static void inflate_run(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                        uint64_t a, uint64_t e)
 {
 	while (a < e) {
 		uint64_t c = blk_of(r, a), lo, hi;
@@ -217,35 +237,34 @@ static void inflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk,
 		uint64_t z = hi < e ? hi : e;
 		if (a == lo && z == hi) {
 			rv_add(b, r, a, z - a); /* the whole block at once */
-			if (blk)
-				blk[c] = BLK_UNKNOWN;
-		} else if (blk_state(b, r, blk, c, a) == BLK_SMALL) {
+			blk_put(br, c, BLK_UNKNOWN);
+		} else if (blk_state(b, r, br, c, a) == BLK_SMALL) {
 			rv_add(b, r, a, z - a);
 		} else if (bits_all(r->ballooned, lo, hi, true)) {
 			rv_add(b, r, lo, hi - lo); /* the last piece of a huge page came in */
-			blk[c] = BLK_UNKNOWN;
+			blk_put(br, c, BLK_UNKNOWN);
 		}
 		a = z;
 	}
 }
 
 /* Pages [a, e) of r just left the balloon. */
-static void deflate_run(struct mv_balloon *b, struct mv_region *r, uint8_t *blk, uint64_t a,
-                        uint64_t e)
+static void deflate_run(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
+                        uint64_t a, uint64_t e)
 {
 	while (a < e) {
 		uint64_t c = blk_of(r, a), lo, hi;
 		blk_span(r, c, &lo, &hi);
 		uint64_t z = hi < e ? hi : e;
-		bool held_back = blk && blk[c] == BLK_HUGE; /* never released: still backed */
+		bool held_back = blk_get(br, c) == BLK_HUGE; /* never released: still backed */
 		if (b->cfg.prefault_deflate && !held_back) {
 			int err = b->h->prim->populate_write(r->hva + a * MV_PAGE_SIZE, (z - a) * MV_PAGE_SIZE);
 			if (err)
 				mv__log(b->h, MV_LOG_DEBUG, "vm %s balloon: prefault failed (%s)",
 				        b->vm->name, mv_strerror(err));
 		}
-		if (blk && blk[c] != BLK_UNKNOWN && bits_all(r->ballooned, lo, hi, false))
-			blk[c] = BLK_UNKNOWN;
+		if (blk_get(br, c) != BLK_UNKNOWN && bits_all(r->ballooned, lo, hi, false))
+			blk_put(br, c, BLK_UNKNOWN);
 		a = z;
 	}
 }
@@ -268,74 +287,78 @@ static void radix_sort(uint32_t *a, uint32_t *t, size_t n)
 	}
 }
 
-static int pfn_reserve(struct mv_balloon *b, size_t n)
+/* Room for n entries in *p (its contents are not kept), growing by doubling. */
+static int pfn_room(uint32_t **p, size_t *cap, size_t n)
 {
-	if (n <= b->pfn_cap)
+	if (n <= *cap)
 		return 0;
-	size_t cap = n > 2 * b->pfn_cap ? n : 2 * b->pfn_cap;
-	cap = cap < MAX_PFNS ? cap : MAX_PFNS;
-	uint32_t *p = malloc(cap * sizeof(*p)), *t = malloc(cap * sizeof(*t));
-	if (!p || !t) {
-		free(p);
-		free(t);
+	size_t c = n > 2 * *cap ? n : 2 * *cap;
+	c = c < MAX_PFNS ? c : MAX_PFNS;
+	uint32_t *x = malloc(c * sizeof(*x));
+	if (!x)
 		return -ENOMEM;
-	}
-	free(b->pfn);
-	free(b->tmp);
-	b->pfn = p;
-	b->tmp = t;
-	b->pfn_cap = cap;
+	free(*p);
+	*p = x;
+	*cap = c;
 	return 0;
 }
 
-/* Copy the PFN array of one buffer into b->pfn, sorted. Its length, or 0. */
-static size_t pfn_load(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_buf *buf)
+/* Copy the PFN array of one buffer into w->pfn, sorted. Its length, or 0. */
+static size_t pfn_load(struct mv_balloon *b, struct mv_bl_pfnq *w, struct mv_region_map *map,
+                       const struct mv_vq_buf *buf)
 {
 	size_t n = buf->len / 4; /* trailing bytes are ignored */
-	if (!n)
-		return 0;
-	const void *src = n <= MAX_PFNS ? mv__guest_ptr(map, buf->gpa, n * 4, NULL) : NULL;
-	if (!src) {
-		mv__bl_guest_error(b, 1, "PFN buffer outside RAM or over 1 MiB");
+	if (buf->write) {
+		mv__bl_guest_error(b, 1, "writable buffer in a PFN request");
 		return 0;
 	}
-	if (pfn_reserve(b, n)) {
+	if (!n)
+		return 0;
+	if (n > MAX_PFNS) {
+		mv__bl_guest_error(b, 1, "PFN buffer over 1 MiB");
+		return 0;
+	}
+	if (pfn_room(&w->pfn, &w->cap, n) || pfn_room(&b->tmp, &b->tmp_cap, n)) {
 		mv__bl_guest_error(b, 1, "no memory to copy a PFN buffer: request dropped");
 		return 0;
 	}
-	memcpy(b->pfn, src, n * 4);
+	if (!mv__guest_read(map, buf->gpa, w->pfn, n * 4)) { /* it may span regions */
+		mv__bl_guest_error(b, 1, "PFN buffer outside RAM");
+		return 0;
+	}
 	bool sorted = true;
 	uint32_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
-		uint32_t v = le32toh(b->pfn[i]);
-		b->pfn[i] = v;
+		uint32_t v = le32toh(w->pfn[i]);
+		w->pfn[i] = v;
 		sorted &= v >= prev;
 		prev = v;
 	}
 	if (!sorted)
-		radix_sort(b->pfn, b->tmp, n);
+		radix_sort(w->pfn, b->tmp, n);
 	return n;
 }
 
 /* The central loop: apply n sorted PFNs, one region lookup per region crossed. */
-static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n, bool inflate)
+static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, const uint32_t *pfn,
+                      size_t n, bool inflate)
 {
 	struct mv_region *r = NULL;
-	uint8_t *blk = NULL;
+	struct mv_bl_region *br = NULL;
 	uint64_t a = 0, e = 0, done = 0, bad = 0;   /* [a, e): the run being built in r */
 	for (size_t i = 0; i < n; i++) {
-		uint64_t gpa = (uint64_t)b->pfn[i] << MV_PAGE_SHIFT;
+		uint64_t gpa = (uint64_t)pfn[i] << MV_PAGE_SHIFT;
 		if (!r || gpa - r->gpa >= r->size) {
 			if (e > a)
-				(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+				(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 			a = e = 0;
-			blk = NULL;
+			br = NULL;
 			if (!mv__guest_ptr(map, gpa, MV_PAGE_SIZE, &r)) {
 				r = NULL;
 				bad++;
 				continue;
 			}
-			blk = region_blk(b, r);
+			br = region_blk(b, r);
 		}
 		uint64_t k = (gpa - r->gpa) >> MV_PAGE_SHIFT;
 		bool was = inflate ? mv__bit_set(r->ballooned, k) : mv__bit_clear(r->ballooned, k);
@@ -349,31 +372,62 @@ static void pfn_apply(struct mv_balloon *b, struct mv_region_map *map, size_t n,
 			continue;
 		}
 		if (e > a)
-			(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+			(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 		a = k;
 		e = k + 1;
 	}
 	if (e > a)
-		(inflate ? inflate_run : deflate_run)(b, r, blk, a, e);
+		(inflate ? inflate_run : deflate_run)(b, r, br, a, e);
 	*(inflate ? &b->inflated : &b->deflated) += done * MV_PAGE_SIZE;
 	if (bad)
 		mv__bl_guest_error(b, bad, inflate ? "PFNs outside RAM or already ballooned"
 		                                   : "PFNs outside RAM or not ballooned");
 }
 
-void mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
-                 bool inflate)
+/* Each buffer is copied (and sorted) once, then applied in slices as the budget allows:
+ * a buffer costs its PFNs, one that holds none (or is refused) costs 1. */
+bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 bool inflate, uint64_t *budget)
 {
-	for (unsigned i = 0; i < c->n; i++) {
-		if (c->buf[i].write) {
-			mv__bl_guest_error(b, 1, "writable buffer in a PFN request");
-			continue;
+	struct mv_bl_pfnq *w = &b->pq[!inflate];
+	while (w->buf < c->n && *budget) {
+		if (w->at == w->n) { /* the next buffer */
+			w->at = 0;
+			w->n = pfn_load(b, w, map, &c->buf[w->buf]);
+			if (!w->n) {
+				w->buf++;
+				(*budget)--;
+				continue;
+			}
 		}
-		size_t n = pfn_load(b, map, &c->buf[i]);
-		if (n)
-			pfn_apply(b, map, n, inflate);
+		size_t k = w->n - w->at < *budget ? w->n - w->at : (size_t)*budget;
+		pfn_apply(b, map, w->pfn + w->at, k, inflate);
+		w->at += k;
+		*budget -= k;
+		if (w->at == w->n) {
+			w->buf++;
+			w->n = w->at = 0;
+		}
 	}
-	rv_flush(b);
+	rv_flush(b); /* nothing of the map is kept past the caller's read-side section */
+	if (w->buf < c->n)
+		return false;
+	w->buf = 0;
+	return true;
+}
+
+/* Forget requests in progress (their chains went with a reset). */
+void mv__bl_pfns_drop(struct mv_balloon *b)
+{
+	for (unsigned i = 0; i < 2; i++)
+		b->pq[i].buf = b->pq[i].n = b->pq[i].at = 0;
+}
+
+/* Take the pages of a buffer from the budget, at least 1. */
+static void charge(uint64_t *budget, uint64_t len)
+{
+	uint64_t pages = len >> MV_PAGE_SHIFT ? len >> MV_PAGE_SHIFT : 1;
+	*budget -= pages < *budget ? pages : *budget;
 }
 
 /* ---- free page reporting and hinting ---- */
@@ -401,10 +455,12 @@ static bool poisoned(const struct mv_balloon *b)
 	return b->features & (1ull << MV_BALLOON_F_PAGE_POISON) && b->poison;
 }
 
-void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
+void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                   uint64_t *budget)
 {
 	for (unsigned i = 0; i < c->n; i++) {
 		uint64_t gpa = c->buf[i].gpa, len = c->buf[i].len;
+		charge(budget, len);
 		if (!c->buf[i].write || !free_range_ok(map, gpa, len)) {
 			mv__bl_guest_error(b, 1, "bad free page report");
 			continue;
@@ -497,21 +553,21 @@ static void hint_range(struct mv_balloon *b, struct mv_region_map *map, uint64_t
 /* The driver's command: the cmd id that starts its run, or STOP at its end. */
 static void hint_cmd(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_buf *buf)
 {
-	const uint8_t *p = buf->len >= 4 ? mv__guest_ptr(map, buf->gpa, 4, NULL) : NULL;
-	if (!p) {
+	uint32_t id; /* read once; the guest's buffer need not be aligned */
+	if (buf->len < 4 || !mv__guest_read(map, buf->gpa, &id, 4)) {
 		mv__bl_guest_error(b, 1, "bad free page hint command");
 		return;
 	}
-	uint32_t id;
-	memcpy(&id, p, 4); /* read once; the guest's buffer need not be aligned */
 	id = le32toh(id);
 	mv__bl_hint_complete(b, map); /* a run ends, or a new one starts */
 	b->hint_run = id != MV_BL_CMD_STOP && id == b->cmd_id && id > MV_BL_CMD_DONE;
 }
 
-void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c)
+void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
+                 uint64_t *budget)
 {
 	for (unsigned i = 0; i < c->n; i++) {
+		charge(budget, c->buf[i].write ? c->buf[i].len : 0);
 		if (!c->buf[i].write)
 			hint_cmd(b, map, &c->buf[i]);
 		else if (b->hint_run) /* else stale: the run of an old cmd id */

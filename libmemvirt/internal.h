@@ -29,6 +29,8 @@ struct mv_store;
 /* One registered memslot. Immutable after publication except `dead` and the page states,
  * which only the worker that holds the VM (vm->busy) or the region's remover touch. */
 struct mv_region {
+	uint64_t serial;         /* unique in its host, never reused (the struct's address
+	                            may be: malloc hands a removed region's memory out again) */
 	uint32_t slot, flags;
 	uint64_t gpa, size, npages;
 	uint8_t *hva;
@@ -123,6 +125,7 @@ struct mv_host {
 	pthread_t workers[MV_MAX_WORKERS];
 	unsigned nr_workers;
 	atomic_bool stopping;
+	_Atomic uint64_t region_serial; /* the last serial given to a region */
 	_Atomic long vma_limit;        /* mappings the scanner may hold */
 	_Atomic uint64_t cpu_share_ppm; /* per worker, in millionths of a core */
 	_Atomic int64_t fault_cpu_ns;

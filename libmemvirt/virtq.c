@@ -4,6 +4,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define VIRTQ_DESC_F_NEXT        1
 #define VIRTQ_DESC_F_WRITE       2
@@ -49,6 +50,25 @@ void *mv__guest_ptr(struct mv_region_map *map, uint64_t gpa, uint64_t len, struc
 	if (rp)
 		*rp = r;
 	return r->hva + (gpa - r->gpa);
+}
+
+bool mv__guest_read(struct mv_region_map *map, uint64_t gpa, void *dst, uint64_t len)
+{
+	uint8_t *d = dst;
+	if (gpa + len < gpa)
+		return false;
+	while (len) {
+		struct mv_region *r;
+		const uint8_t *p = mv__guest_ptr(map, gpa, 1, &r);
+		if (!p)
+			return false;
+		uint64_t take = r->gpa + r->size - gpa < len ? r->gpa + r->size - gpa : len;
+		memcpy(d, p, take);
+		d += take;
+		gpa += take;
+		len -= take;
+	}
+	return true;
 }
 
 int mv__vq_enable(struct mv_vq *vq, struct mv_region_map *map, const struct mv_virtq_setup *s,
@@ -126,6 +146,11 @@ static int walk(struct mv_vq *vq, uint16_t head, struct mv_vq_chain *c)
 
 int mv__vq_pop(struct mv_vq *vq, struct mv_vq_chain *c)
 {
+	if (vq->held) {
+		vq->held = false;
+		*c = vq->hold;
+		return 1;
+	}
 	if (vq->last_avail == vq->avail_end)
 		return 0;
 	uint16_t head = ld16(vq->a + 4 + 2u * (vq->last_avail & (vq->num - 1)), __ATOMIC_RELAXED);
@@ -138,6 +163,17 @@ int mv__vq_pop(struct mv_vq *vq, struct mv_vq_chain *c)
 	c->head = head;
 	vq->last_avail++;
 	return 1;
+}
+
+void mv__vq_hold(struct mv_vq *vq, const struct mv_vq_chain *c)
+{
+	vq->hold = *c;
+	vq->held = true;
+}
+
+bool mv__vq_pending(const struct mv_vq *vq)
+{
+	return vq->held || vq->last_avail != vq->avail_end;
 }
 
 void mv__vq_push(struct mv_vq *vq, uint16_t head, uint32_t len)

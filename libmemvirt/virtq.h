@@ -35,6 +35,8 @@ struct mv_vq {
 	uint16_t last_avail;       /* next avail entry to take (device-private) */
 	uint16_t used_idx;         /* next used entry to fill (device-private) */
 	struct mv_vq_buf *bufs;    /* num entries, for the chain being taken */
+	bool held;                 /* `hold` was taken and left unfinished: popped again */
+	struct mv_vq_chain hold;   /* its buffers stay in bufs */
 	/* one notification's view */
 	uint8_t *d, *a, *u;        /* desc, avail, used rings in host memory */
 	uint16_t avail_end;        /* avail idx read at begin: work is bounded by it */
@@ -45,6 +47,10 @@ struct mv_vq {
 /* Host address of guest-physical [gpa, gpa + len) if it lies wholly inside one live
  * region of map (NULL otherwise; *rp gets the region if rp). Call with rcu_read_lock(). */
 void *mv__guest_ptr(struct mv_region_map *map, uint64_t gpa, uint64_t len, struct mv_region **rp);
+/* Copy guest-physical [gpa, gpa + len) to dst, gathered from as many live regions as it
+ * spans (adjacent in guest-physical memory, wherever their host memory lies). false if
+ * part of it is not RAM (dst is then partly written). Call with rcu_read_lock(). */
+bool mv__guest_read(struct mv_region_map *map, uint64_t gpa, void *dst, uint64_t len);
 
 /* Check a ring setup (size, alignment, rings inside RAM) and enable the queue with it,
  * indexes at 0. -EINVAL (queue unchanged), -ENOMEM. Call with rcu_read_lock(). */
@@ -57,8 +63,14 @@ void mv__vq_disable(struct mv_vq *vq);
 int mv__vq_begin(struct mv_vq *vq, struct mv_region_map *map);
 /* Take the next available chain: 1, 0 when none is left of those seen at begin, or
  * -EPROTO (head or next out of range, a loop or more descriptors than the ring holds,
- * INDIRECT, readable after writable): the device needs a reset. */
+ * INDIRECT, readable after writable): the device needs a reset. A held chain comes
+ * first, as it was taken (its descriptors are not read again). */
 int mv__vq_pop(struct mv_vq *vq, struct mv_vq_chain *c);
+/* Keep chain c, just popped and not finished, for the next mv__vq_pop() of this round
+ * or a later one. Disabling the queue drops it. */
+void mv__vq_hold(struct mv_vq *vq, const struct mv_vq_chain *c);
+/* True if a chain is held or chains seen at begin are still available. */
+bool mv__vq_pending(const struct mv_vq *vq);
 /* Return a chain: used element, then the used idx (release). */
 void mv__vq_push(struct mv_vq *vq, uint16_t head, uint32_t len);
 /* End the round; true if buffers were used and the driver did not suppress interrupts. */

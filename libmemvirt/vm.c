@@ -225,7 +225,8 @@ static struct mv_region *region_new(struct mv_vm *vm, uint32_t slot, uint64_t gp
 	if (!r)
 		return NULL;
 	uintptr_t a = (uintptr_t)hva;
-	*r = (struct mv_region){ .slot = slot, .flags = flags, .gpa = gpa, .size = size,
+	*r = (struct mv_region){ .serial = atomic_fetch_add(&vm->host->region_serial, 1) + 1,
+	                         .slot = slot, .flags = flags, .gpa = gpa, .size = size,
 	                         .npages = size >> MV_PAGE_SHIFT, .hva = hva, .vm = vm,
 	                         .chunk0 = a >> 21, .nr_chunks = ((a + size - 1) >> 21) - (a >> 21) + 1 };
 	r->pages = calloc(r->npages, sizeof(*r->pages));

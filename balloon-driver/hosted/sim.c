@@ -113,13 +113,14 @@ static void *io_main(void *arg)
 			pthread_cond_wait(&s->io_cond, &s->io_lock);
 		if (s->io_stop)
 			break;
-		uint32_t mask = s->io_pending;
+		uint32_t mask = s->io_pending, more = 0;
 		s->io_pending = 0;
 		pthread_mutex_unlock(&s->io_lock);
-		for (unsigned q = 0; mask; q++, mask >>= 1)
-			if (mask & 1)
-				mv_balloon_queue_notify(s->b, q);
+		for (unsigned q = 0; q < 32; q++) /* 1: the device's budget ran out, go on later */
+			if (mask & 1u << q && mv_balloon_queue_notify(s->b, q) == 1)
+				more |= 1u << q;
 		pthread_mutex_lock(&s->io_lock);
+		s->io_pending |= more;
 	}
 	pthread_mutex_unlock(&s->io_lock);
 	return NULL;
@@ -202,10 +203,13 @@ static uint32_t p_mmio_read(void *ctx, uint32_t off)
 static void p_mmio_write(void *ctx, uint32_t off, uint32_t val)
 {
 	struct mvg_sim *s = ctx;
-	if (off == QUEUE_NOTIFY && s->io_running && val < 32)
+	if (off == QUEUE_NOTIFY && s->io_running && val < 32) {
 		post_notify(s, val);
-	else
-		mv_balloon_mmio_write(s->b, off, &val, 4);
+		return;
+	}
+	int more = mv_balloon_mmio_write(s->b, off, &val, 4);
+	while (more == 1) /* the device's work budget ran out: go on, one budget per call */
+		more = mv_balloon_queue_notify(s->b, val);
 }
 
 static void p_wait(void *ctx, uint64_t timeout_ns)

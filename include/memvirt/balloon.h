@@ -18,11 +18,16 @@ extern "C" {
  * The device reads and writes guest memory only through the VM's regions: every
  * address, length, PFN and count the guest supplies is checked first, and a malformed
  * request is dropped (the device sets DEVICE_NEEDS_RESET where the virtio spec asks it
- * to) without touching host memory outside the guest's RAM.
+ * to) without touching host memory outside the guest's RAM. A buffer may start in one
+ * region and go on in the next one adjacent in guest-physical memory (wherever their
+ * host memory lies); each ring must lie within one region.
  *
  * Threads: every function may be called from any thread; one mutex per device
  * serialises them. The device never waits for the guest: queue notifications are
- * handled in the notifying thread and return when the available buffers are consumed.
+ * handled in the notifying thread, a bounded amount of work per call (see
+ * mv_balloon_queue_notify()), so that neither the device mutex nor the VM's region
+ * changes (mv_vm_region_add/remove wait for the device's reads of guest RAM) are held
+ * up for long by what a guest queues.
  */
 struct mv_balloon;
 
@@ -147,12 +152,23 @@ struct mv_virtq_setup {
 	uint64_t desc, avail, used; /* guest-physical addresses */
 };
 /* Enable (setup != NULL) or disable queue q, between FEATURES_OK and DRIVER_OK (else
- * -EBUSY). -EINVAL on a bad size, misaligned or out-of-RAM rings, or an unknown queue. */
+ * -EBUSY). -EINVAL on a bad size, misaligned rings, a ring not within one region of
+ * RAM, or an unknown queue. */
 int mv_balloon_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *setup);
-/* The driver notified queue q: consume the buffers available when the call begins.
- * Ignored (0) before DRIVER_OK (what was queued is consumed when DRIVER_OK is set), after
- * NEEDS_RESET and on a queue not set up. -EINVAL for an unknown queue; -EPROTO when the
- * ring was malformed and the device set DEVICE_NEEDS_RESET. */
+/* Work per call: PFNs of inflate and deflate requests applied (a buffer that holds
+ * none costs 1), or 4 KiB pages of free page reports and hints (those are never cut
+ * short: one request may exceed what is left). */
+#define MV_BALLOON_NOTIFY_PFNS 65536
+/* The driver notified queue q: consume the buffers available when the call begins, at
+ * most MV_BALLOON_NOTIFY_PFNS of work. Returns 0 when they are all consumed, and 1 when
+ * the budget ran out with work left (possibly in the middle of a request, which then
+ * stays unanswered): the VMM must call mv_balloon_queue_notify(b, q) again, typically
+ * from its event loop after other work; the guest does not notify again for a request
+ * the device holds. Region changes and calls for other queues may come in between.
+ * Ignored (0) before DRIVER_OK (what was queued is consumed when DRIVER_OK is set, up to
+ * the budget per queue; the rest with the queue's next call), after NEEDS_RESET and on a
+ * queue not set up. -EINVAL for an unknown queue; -EPROTO when the ring was malformed and
+ * the device set DEVICE_NEEDS_RESET. A reset drops the work left. */
 int mv_balloon_queue_notify(struct mv_balloon *b, unsigned q);
 
 /* ---- virtio-mmio transport helper (spec 4.2.2, version 2) ---- */
@@ -161,7 +177,8 @@ int mv_balloon_queue_notify(struct mv_balloon *b, unsigned q);
 /* Emulate one register access at offset `off` of the device's MMIO window, len 1, 2, 4
  * (8 for config space). Unknown or misaligned accesses read 0 and are ignored (-EINVAL).
  * InterruptStatus is set before ops->interrupt is called and cleared by the driver's
- * InterruptACK. */
+ * InterruptACK. A QueueNotify write returns what mv_balloon_queue_notify() returns for
+ * the queue written: 1 asks for more calls of mv_balloon_queue_notify(). */
 int mv_balloon_mmio_read(struct mv_balloon *b, uint64_t off, void *data, unsigned len);
 int mv_balloon_mmio_write(struct mv_balloon *b, uint64_t off, const void *data, unsigned len);
 

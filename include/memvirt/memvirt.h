@@ -14,7 +14,8 @@ extern "C" {
 /*
  * Conventions of the whole API:
  * - Functions returning int return 0 on success or a negative errno value; nothing
- *   is changed when they fail. mv_strerror() turns that value into text.
+ *   is changed when they fail. mv_strerror() turns that value into text. A success
+ *   with more to say is a positive value, documented where a function returns one.
  * - Functions returning a pointer return NULL on failure, as documented per function.
  * - The library never prints, exits or aborts on a recoverable error; it reports
  *   through the log callback of struct mv_host_config.
