@@ -471,6 +471,8 @@ int bench_guest_main(int argc, char **argv)
 	int err = parse(argc, argv, &o);
 	if (err)
 		return err > 0 ? 0 : 2;
+	if (bench_settings_recover("memvirt bench guest"))
+		return 1;
 	if (o.enabled[GB_KSM])
 		o.enabled[GB_KSM] = ksm_usable();
 	raise_map_count(&o);
