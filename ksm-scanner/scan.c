@@ -379,30 +379,38 @@ static bool map_holds(const struct mv_region_map *map, const struct mv_region *r
 	return false;
 }
 
-/* Keep the worker within its CPU share: sleep off what it spent beyond it, measured
- * over windows of about a second. */
+static void throttle_restart(struct mv_scan_ctx *ctx)
+{
+	ctx->win_wall = mv__mono_ns();
+	ctx->win_cpu = mv__thread_cpu_ns();
+	ctx->win_fault = (uint64_t)atomic_load(&ctx->h->fault_cpu_ns);
+}
+
+/* Keep the worker within its CPU share: sleep off what it spent beyond it. The window
+ * restarts after a second, and only once what it owed was slept off. The fault
+ * handler's CPU counts too (shared by the workers, charged to each). */
 static void throttle(struct mv_scan_ctx *ctx)
 {
 	if (ctx->cpu_share <= 0)
 		return;
-	double share = (double)atomic_load(&ctx->h->cpu_share_ppm) / 1e6;
-	uint64_t wall = mv__mono_ns(), cpu = mv__thread_cpu_ns();
-	uint64_t fault = (uint64_t)atomic_load(&ctx->h->fault_cpu_ns);
-	if (!ctx->win_wall || wall - ctx->win_wall > 1000000000ull) {
-		ctx->win_wall = wall;
-		ctx->win_cpu = cpu;
-		ctx->win_fault = fault;
+	if (!ctx->win_wall) {
+		throttle_restart(ctx);
 		return;
 	}
-	/* the fault handler's CPU counts too (shared by the workers, charged to each) */
-	uint64_t spent = cpu - ctx->win_cpu + fault - ctx->win_fault;
-	double owed = (double)spent / share - (double)(wall - ctx->win_wall);
+	double share = (double)atomic_load(&ctx->h->cpu_share_ppm) / 1e6;
+	uint64_t spent = mv__thread_cpu_ns() - ctx->win_cpu +
+	                 (uint64_t)atomic_load(&ctx->h->fault_cpu_ns) - ctx->win_fault;
+	double elapsed = (double)(mv__mono_ns() - ctx->win_wall);
+	double owed = (double)spent / share - elapsed;
+	bool settled = owed <= 1e9;
 	if (owed > 1e9)
 		owed = 1e9; /* look at the share again within a second */
 	if (owed > 1e6) {
 		struct timespec ts = { (time_t)(owed / 1e9), (long)((uint64_t)owed % 1000000000ull) };
 		nanosleep(&ts, NULL);
 	}
+	if (settled && elapsed > 1e9)
+		throttle_restart(ctx);
 }
 
 /* One pass over every region of vm. The caller holds vm (vm->busy). */
