@@ -24,6 +24,8 @@ struct gb_opts {
 	unsigned nr_ws;
 	bool enabled[GB_NR];           /* engines to measure */
 	bool json;
+	unsigned rounds;               /* phase 1 runs per engine, alternating engines */
+	bool settle;                   /* this run also measures phase 2 (the last round) */
 };
 
 /* What a child hands back through its pipe (plain bytes, under PIPE_BUF). */

@@ -20,7 +20,7 @@ enum mv_pstate {
 /* When the scanner looks at a chunk again. A chunk with pages seen once or seen changing
  * waits settle_ms before its next look; each look that finds pages changing again
  * doubles the wait (back-off), up to MV_BACKOFF_MAX doublings. */
-#define MV_BACKOFF_MAX 6
+#define MV_BACKOFF_MAX 4
 struct mv_chunk_sched {
 	uint64_t due_ns;  /* monotonic; 0 = on the next pass */
 	uint8_t backoff;  /* doublings of settle_ms */

@@ -47,7 +47,7 @@ struct mv_host_config {
 	int cross_node_merge;   /* 0 (default): a page only merges with pages of its NUMA node */
 	unsigned settle_ms;     /* a page merges only once its content stayed the same for this
 	                           long (two looks); chunks found written again wait twice as long
-	                           each time, up to 64 times this. Default 500; 0 = look again on
+	                           each time, up to 16 times this. Default 500; 0 = look again on
 	                           the next pass (mv_host_scan() in tests) */
 	const struct mv_topology *topology; /* NULL = libnuma; copied by mv_host_new() */
 	mv_log_fn log;          /* NULL = silent */
