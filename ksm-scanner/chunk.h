@@ -25,6 +25,7 @@ struct chunk {
 	uint8_t act[MV_CHUNK_PAGES];
 	struct mv_node *tgt[MV_CHUNK_PAGES];
 	int last_merge;          /* index of the last page given a target, -1 = none */
+	unsigned wanted;         /* pages that needed a look this visit */
 	unsigned seen_once, changing; /* pages looked at for the first time / found changed */
 	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp; /* counters */
 };

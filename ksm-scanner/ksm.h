@@ -19,11 +19,16 @@ enum mv_pstate {
 
 /* When the scanner looks at a chunk again. A chunk with pages seen once or seen changing
  * waits settle_ms before its next look; each look that finds pages changing again
- * doubles the wait (back-off), up to MV_BACKOFF_MAX doublings. */
+ * doubles the wait (back-off). A chunk where everything is stable costs a PAGEMAP_SCAN
+ * per look (a page walk, dearer with one mapping per isolated duplicate): it rests
+ * settle_ms after its first quiet look, doubling while it stays quiet. Both stop doubling
+ * at MV_BACKOFF_MAX doublings. Finding a page's twin, or releasing pages, makes the chunk
+ * due at once. */
 #define MV_BACKOFF_MAX 4
 struct mv_chunk_sched {
-	uint64_t due_ns;  /* monotonic; 0 = on the next pass */
-	uint8_t backoff;  /* doublings of settle_ms */
+	_Atomic uint64_t due_ns; /* monotonic; 0 = on the next pass */
+	uint8_t backoff;         /* doublings of settle_ms while pages keep changing */
+	uint8_t rest;            /* doublings of settle_ms while the chunk stays quiet */
 };
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
@@ -109,10 +114,12 @@ static inline uint64_t mv__chunk_of(const struct mv_region *r, const void *addr)
 	return ((uintptr_t)addr >> 21) - r->chunk0;
 }
 
-/* Ask for page idx of r to be looked up again on its chunk's next look: its twin was found. */
+/* Ask for page idx of r to be looked up again, soon: its twin was found. */
 static inline void mv__rescan(struct mv_region *r, uint64_t idx)
 {
 	atomic_store(&r->pages[idx].rescan, 1);
+	atomic_store_explicit(&r->sched[mv__chunk_of(r, r->hva + idx * MV_PAGE_SIZE)].due_ns, 0,
+	                      memory_order_relaxed);
 }
 
 /* The canonical page's node of a PS_MERGED page (we hold a reference: it is alive). */

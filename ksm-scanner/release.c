@@ -121,8 +121,10 @@ static void unquiet(struct mv_region *r, uint64_t a, uint64_t b)
 {
 	uint64_t c0 = mv__chunk_of(r, r->hva + a * MV_PAGE_SIZE);
 	uint64_t c1 = mv__chunk_of(r, r->hva + (b - 1) * MV_PAGE_SIZE);
-	for (uint64_t c = c0; c <= c1; c++)
-		r->sched[c].due_ns = 0;
+	for (uint64_t c = c0; c <= c1; c++) {
+		atomic_store(&r->sched[c].due_ns, 0);
+		r->sched[c].rest = 0;
+	}
 }
 
 int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_prange *ranges,

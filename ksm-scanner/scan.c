@@ -311,12 +311,22 @@ static bool thp_allows(struct chunk *c, unsigned wanted)
 /* Step 5: when to look at the chunk again (see struct mv_chunk_sched). */
 static void schedule(struct chunk *c, struct mv_chunk_sched *s, uint64_t now)
 {
-	if (c->changing && s->backoff < MV_BACKOFF_MAX)
-		s->backoff++;
-	else if (!c->changing && !c->seen_once)
-		s->backoff = 0;
 	uint64_t settle = (uint64_t)c->ctx->h->cfg.settle_ms * 1000000ull;
-	s->due_ns = c->changing || c->seen_once ? now + (settle << s->backoff) : 0;
+	uint8_t *level = &s->backoff;
+	if (c->changing) {
+		s->rest = 0;
+		*level += *level < MV_BACKOFF_MAX;
+	} else if (!c->seen_once && !c->wanted) {
+		s->backoff = 0;
+		level = &s->rest; /* quiet */
+	} else if (!c->seen_once) {
+		s->backoff = s->rest = 0; /* just looked at: again on the next pass */
+		atomic_store(&s->due_ns, 0);
+		return;
+	}
+	atomic_store(&s->due_ns, now + (settle << *level));
+	if (level == &s->rest)
+		s->rest += s->rest < MV_BACKOFF_MAX;
 }
 
 static bool has_actions(const struct chunk *c)
@@ -338,17 +348,16 @@ static void scan_chunk(struct mv_scan_ctx *ctx, struct mv_region *r, uint64_t fi
 
 	pthread_mutex_lock(&r->lock);
 	uint64_t now = mv__mono_ns();
-	if (s->due_ns > now) {
+	if (atomic_load(&s->due_ns) > now) {
 		pthread_mutex_unlock(&r->lock);
 		mv__count(r->vm, MV_C_BACKED_OFF, s->backoff > 0);
 		return;
 	}
 	if (!h->prim->page_categories(h->pagemap_fd, hva, n, c->cat)) {
-		unsigned wanted = 0;
 		for (unsigned i = 0; i < n; i++)
-			wanted += (c->need[i] = refresh(c, i)) != NEED_NO;
+			c->wanted += (c->need[i] = refresh(c, i)) != NEED_NO;
 		c->nid = node_of(h, hva);
-		if (wanted && thp_allows(c, wanted)) {
+		if (c->wanted && thp_allows(c, c->wanted)) {
 			look(c);
 			if (has_actions(c))
 				mv__replace(c);

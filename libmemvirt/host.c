@@ -39,7 +39,9 @@ static int config_check(const struct mv_host_config *c)
 /*
  * The VMA budget: a fixed number when configured, else the headroom under the
  * vm.max_map_count in force, minus a reserve for everything else the VMM maps.
- * Re-read at most every 5 s (reading /proc/self/maps costs), or when forced.
+ * Reading /proc/self/maps costs in proportion to the mappings (tens of ms with 100k of
+ * them): re-read every 5 s while the headroom left is under a quarter of the limit,
+ * every 60 s otherwise, or when forced.
  */
 void mv__vma_refresh(struct mv_host *h, bool force)
 {
@@ -48,12 +50,15 @@ void mv__vma_refresh(struct mv_host *h, bool force)
 		return;
 	}
 	uint64_t now = mv__mono_ns();
-	if (!force && h->vma_checked_ns && now - h->vma_checked_ns < 5000000000ull)
+	long left = atomic_load(&h->vma_limit) - (long)atomic_load(&h->c.v[MV_C_VMAS]);
+	uint64_t every = left < h->vma_max / 4 ? 5000000000ull : 60000000000ull;
+	if (!force && h->vma_checked_ns && now - h->vma_checked_ns < every)
 		return;
 	h->vma_checked_ns = now;
 	long max, cur;
 	if (mv__read_long("/proc/sys/vm/max_map_count", &max) || mv__count_maps(&cur))
 		return;
+	h->vma_max = max;
 	long reserve = max / 8 > VMA_RESERVE_MIN ? max / 8 : VMA_RESERVE_MIN;
 	long ours = (long)atomic_load(&h->c.v[MV_C_VMAS]);
 	long limit = ours + (max - cur - reserve);

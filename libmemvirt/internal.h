@@ -130,6 +130,7 @@ struct mv_host {
 	_Atomic uint64_t cpu_share_ppm; /* per worker, in millionths of a core */
 	_Atomic int64_t fault_cpu_ns;
 	uint64_t vma_checked_ns;       /* last auto-budget refresh */
+	long vma_max;                  /* vm.max_map_count at that refresh */
 	struct mv_counters c;
 };
 
