@@ -96,7 +96,7 @@ struct mv_balloon_info {
 	uint64_t inflated_bytes, deflated_bytes; /* cumulative, from the queues */
 	uint64_t reported_bytes;    /* free page reporting, cumulative */
 	uint64_t hinted_bytes;      /* free page hints received, cumulative */
-	uint64_t hint_discarded_bytes; /* of those, still unwritten at completion: released */
+	uint64_t hint_discarded_bytes; /* of those, unwritten since the run began: released */
 	bool stalled;               /* target != actual and no progress for stall_ns */
 	uint64_t stalled_ns;        /* since the last progress (0 if not stalled) */
 	uint64_t stall_gap_bytes;   /* |target - actual| while stalled */
@@ -117,8 +117,10 @@ int mv_balloon_info(struct mv_balloon *b, struct mv_balloon_info *out);
 int mv_balloon_stats_request(struct mv_balloon *b);
 
 /* Free page hinting: start a new hint run (a fresh free_page_hint_cmd_id) or end it
- * (cmd id DONE). A hinted page is released only if it is still unwritten when the
- * guest completes the hint run: writes that race with the hint are never lost.
+ * (cmd id DONE). Starting write-protects the VM's RAM before the guest can see the new
+ * id. A hinted page is released only if it was never written since the run started
+ * (and no other path lifted its protection meanwhile); a write at any moment, even
+ * while the page is released, survives (MADV_FREE, then MADV_PAGEOUT).
  * -ENOTSUP without FREE_PAGE_HINT. */
 int mv_balloon_hint_start(struct mv_balloon *b);
 int mv_balloon_hint_stop(struct mv_balloon *b);

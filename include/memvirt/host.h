@@ -60,7 +60,8 @@ void mv_host_config_init(struct mv_host_config *cfg);
 /*
  * Create a host. cfg may be NULL (defaults). On success *out owns a host that must be
  * released with mv_host_free(). Errors: -EINVAL (bad config), -ENOMEM, -ENOSYS (the
- * kernel lacks userfaultfd write-protect or PAGEMAP_SCAN), -EPERM (userfaultfd denied:
+ * kernel lacks asynchronous userfaultfd write-protect, UFFDIO_MOVE or PAGEMAP_SCAN:
+ * Linux 6.8), -EPERM (userfaultfd denied:
  * see vm.unprivileged_userfaultfd).
  */
 int mv_host_new(const struct mv_host_config *cfg, struct mv_host **out);
