@@ -139,6 +139,8 @@ long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t ke
 void mv__vmas_account(struct mv_region *r, long delta);
 /* Charge `delta` mappings to the host's VMA budget; false (nothing charged) if spent. */
 bool mv__vma_charge(struct mv_host *h, long delta);
+/* madvise(MADV_DONTFORK) on a mapping just made over guest RAM; a failure is logged. */
+void mv__dontfork(struct mv_host *h, void *addr, size_t len);
 
 /* scan.c */
 struct mv_scan_ctx {

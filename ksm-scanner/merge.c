@@ -40,6 +40,18 @@ static void drop(struct chunk *c, unsigned i)
 	c->act[i] = ACT_NONE;
 }
 
+/* A mapping made over registered guest RAM (or holding its pages) is not inherited by
+ * children, as the RAM it replaces is not (vm.c region_arm); it also fuses with its
+ * neighbours only if its flags match theirs. Should that fail, the mapping stays (the
+ * guest's bytes are in it) and the failure is logged. */
+void mv__dontfork(struct mv_host *h, void *addr, size_t len)
+{
+	int err = h->prim->dontfork(addr, len);
+	if (err)
+		mv__log(h, MV_LOG_WARN, "a mapping over guest RAM would be inherited by a child "
+		        "of the VMM (MADV_DONTFORK: %s)", mv_strerror(err));
+}
+
 /* The worker's holding area: 2 MiB aligned, registered with the host's userfaultfd
  * (UFFDIO_MOVE moves only into ranges registered there). Write-protect mode only, so
  * that no access of ours to it ever waits. */
@@ -54,6 +66,7 @@ static uint8_t *hold_area(struct mv_scan_ctx *ctx)
 		h->prim->unmap(lo, (size_t)(a - lo));
 	if (a + MV_CHUNK_SIZE < lo + 2 * MV_CHUNK_SIZE)
 		h->prim->unmap(a + MV_CHUNK_SIZE, (size_t)(lo + 2 * MV_CHUNK_SIZE - a - MV_CHUNK_SIZE));
+	mv__dontfork(h, a, MV_CHUNK_SIZE);
 	if (h->prim->uffd_register(h->uffd, a, MV_CHUNK_SIZE, MV_UFFD_WP)) {
 		h->prim->unmap(a, MV_CHUNK_SIZE);
 		return NULL;
@@ -200,10 +213,12 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	if (mv__vma_charge(h, delta)) {
 		err = h->prim->map_private_fixed((void *)addr, (size_t)(b - a) * MV_PAGE_SIZE, s->fd,
 		                                 (off_t)c->tgt[a]->slot * (off_t)MV_PAGE_SIZE);
-		if (err)
+		if (err) {
 			atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
-		else
+		} else {
+			mv__dontfork(h, (void *)addr, (size_t)(b - a) * MV_PAGE_SIZE);
 			mv__vmas_account(c->r, delta);
+		}
 	}
 	if (err)
 		put_back(c, a, b); /* (a failed MAP_FIXED leaves the range as it was: empty) */
@@ -291,6 +306,11 @@ static int chunk_build(struct chunk *c, struct mv_store *s, int64_t slot0, uint8
 	int err = h->prim->map_private(MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE, &aside);
 	if (err)
 		return err;
+	err = h->prim->dontfork(aside, MV_CHUNK_SIZE); /* mremap keeps it */
+	if (err) {
+		h->prim->unmap(aside, MV_CHUNK_SIZE);
+		return err;
+	}
 	for (unsigned i = 0; i < c->n; i++) {
 		uint8_t *dst = (uint8_t *)aside + (size_t)i * MV_PAGE_SIZE;
 		if (!tgt_at(c, i, slot0) || !still_same(c, i))

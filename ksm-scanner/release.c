@@ -75,6 +75,7 @@ static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 		note(x, err);
 		return;
 	}
+	mv__dontfork(h, lo, len);
 	if (r->registered)
 		note(x, h->prim->uffd_register(h->uffd, lo, len, MV_UFFD_WP));
 	for (uint64_t k = a; k < b; k++) {

@@ -126,6 +126,11 @@ static int map_anon_fixed(void *addr, size_t len)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
+static int dontfork(void *addr, size_t len)
+{
+	return neg_errno(madvise(addr, len, MADV_DONTFORK));
+}
+
 static int remove_range(void *addr, size_t len)
 {
 	return neg_errno(madvise(addr, len, MADV_REMOVE));
@@ -229,6 +234,7 @@ const struct mv_prim mv__prim_linux = {
 	.lazyfree = lazyfree,
 	.pageout = pageout,
 	.map_anon_fixed = map_anon_fixed,
+	.dontfork = dontfork,
 	.remove = remove_range,
 	.populate_write = populate_write,
 	.uffd_wp = uffd_wp,

@@ -45,6 +45,11 @@ struct mv_prim {
 	int (*pageout)(const struct iovec *iov, size_t n);
 	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED): fresh zero pages. */
 	int (*map_anon_fixed)(void *addr, size_t len);
+	/* madvise(MADV_DONTFORK): a child of this process does not inherit [addr, addr+len)
+	 * (the range is unmapped there). A new mapping does not inherit it from the one it
+	 * replaces, and mappings that differ in it do not fuse: every mapping made over
+	 * registered guest RAM gets it. */
+	int (*dontfork)(void *addr, size_t len);
 	/* madvise(MADV_REMOVE): free the backing of a shared mapping (punch the file). */
 	int (*remove)(void *addr, size_t len);
 	/* madvise(MADV_POPULATE_WRITE): break copy-on-write without changing the bytes. */
