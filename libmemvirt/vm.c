@@ -273,6 +273,7 @@ static void region_arm(struct mv_host *h, struct mv_region *r)
 {
 	int kind = mv__vma_kind(r->hva, r->size);
 	r->shared = kind >= 0 && (kind & MV_VMA_SHARED) && !(kind & MV_VMA_HOLE);
+	r->file = kind >= 0 && (kind & MV_VMA_FILE) && !(kind & (MV_VMA_SHARED | MV_VMA_HOLE | MV_VMA_NOT_RW));
 	if (r->flags & MV_REGION_NEVER_MERGE)
 		return;
 	if (kind != 0) {
