@@ -367,6 +367,69 @@ static void private_file_pages_release_to_zero(void **state)
 	close(fd);
 }
 
+/* ---- the VMA budget ---- */
+
+static uint64_t image_seed(size_t i)
+{
+	return 800000 + i;
+}
+
+/* Two guests of one image: the second is mapped onto runs of consecutive store slots,
+ * few mappings. Releasing every other page of it, one at a time, would split those
+ * mappings at each page: the mappings added stay within the host's VMA budget, and the
+ * pages left for lack of it are counted (and keep their bytes). */
+static void releases_stay_within_the_vma_budget(void **state)
+{
+	enum { N = 512, BUDGET = 16 };
+	struct mv_host_config cfg;
+	mv_host_config_init(&cfg);
+	cfg.settle_ms = 0;
+	cfg.vma_budget = BUDGET;
+	struct mv_host *h;
+	assert_int_equal(mv_host_new(&cfg, &h), 0);
+	struct mv_vm *keep = vm_in(h, "k", "img"), *vm = vm_in(h, "g", "img");
+	uint8_t *kmem = tu_guest_alloc(N), *mem = tu_guest_alloc(N);
+	for (size_t i = 0; i < N; i++) {
+		tu_fill(kmem + i * TPAGE, image_seed(i));
+		tu_fill(mem + i * TPAGE, image_seed(i));
+	}
+	assert_int_equal(mv_vm_region_add(keep, 0, 0, kmem, N * TPAGE, 0), 0);
+	long maps_before = tu_vmas_in(mem, N * TPAGE);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	uint64_t left_before = st.pages_left_vma_budget;
+	struct mv_region *r = region0(vm);
+	size_t merged = 0;
+	for (size_t i = 1; i < N; i += 2)
+		merged += r->pages[i].state == PS_MERGED;
+	assert_true(merged > N / 4);
+
+	for (size_t i = 1; i < N; i += 2) {
+		struct mv_prange rg = { i, 1 };
+		assert_int_equal(mv__region_discard(h, r, &rg, 1), 0);
+		mv_host_stats(h, &st);
+		assert_true(st.vmas_used <= BUDGET);
+	}
+	assert_true(tu_vmas_in(mem, N * TPAGE) - maps_before <= BUDGET);
+	size_t released = 0, kept = 0;
+	uint8_t want[TPAGE];
+	for (size_t i = 1; i < N; i += 2) {
+		tu_fill(want, image_seed(i));
+		released += page_is_zero(mem + i * TPAGE);
+		kept += !memcmp(mem + i * TPAGE, want, TPAGE);
+	}
+	assert_int_equal(released + kept, N / 2);
+	assert_true(kept > 0);
+	assert_int_equal(st.pages_left_vma_budget - left_before, kept);
+	mv_vm_free(vm);
+	mv_vm_free(keep);
+	mv_host_free(h);
+	tu_guest_free(mem, N);
+	tu_guest_free(kmem, N);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -380,6 +443,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(failed_release_changes_nothing, setup, teardown),
 		cmocka_unit_test(re_added_store_memory_releases_to_zero),
 		cmocka_unit_test(private_file_pages_release_to_zero),
+		cmocka_unit_test(releases_stay_within_the_vma_budget),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
