@@ -103,10 +103,36 @@ static bool file_page(const struct mv_region *r, uint64_t k)
 	return p->slot != MV_SLOT_ANON || (r->file && !(p->flags & PF_ANON));
 }
 
+/* hugetlbfs: only whole huge pages can be released (MADV_REMOVE of less punches
+ * nothing yet succeeds; MADV_DONTNEED and mappings over less fail or free nothing).
+ * The whole huge pages inside [a, b) are; if any piece is left, the caller hears
+ * -EINVAL, so that nothing is counted released that was not. */
+static void release_huge(struct release *x, uint64_t a, uint64_t b)
+{
+	struct mv_region *r = x->r;
+	uintptr_t mask = r->page_size - 1, lo = (uintptr_t)(r->hva + a * MV_PAGE_SIZE);
+	uintptr_t hi = (uintptr_t)(r->hva + b * MV_PAGE_SIZE);
+	uintptr_t A = (lo + mask) & ~mask, B = hi & ~mask;
+	if (A != lo || B != hi)
+		note(x, -EINVAL);
+	if (A >= B)
+		return;
+	if (r->shared)
+		note(x, x->h->prim->remove((void *)A, B - A));
+	else if (r->file)
+		map_anon_run(x, (A - (uintptr_t)r->hva) / MV_PAGE_SIZE, (B - (uintptr_t)r->hva) / MV_PAGE_SIZE);
+	else
+		note(x, -EINVAL); /* neither: it was never released */
+}
+
 /* Pages [a, b) of the region, by where they live. Caller holds r->lock and RCU. */
 static void release_range(struct release *x, uint64_t a, uint64_t b)
 {
 	struct mv_region *r = x->r;
+	if (r->page_size > MV_PAGE_SIZE) {
+		release_huge(x, a, b);
+		return;
+	}
 	if (r->shared) {
 		note(x, x->h->prim->remove(r->hva + a * MV_PAGE_SIZE, (size_t)(b - a) * MV_PAGE_SIZE));
 		return;

@@ -43,6 +43,8 @@ struct mv_region {
 	                            mappings left from an earlier registration): released by
 	                            mapping anonymous memory over the pages, since after
 	                            MADV_DONTNEED they would read the file again */
+	uint64_t page_size;      /* bytes: MV_PAGE_SIZE, or hugetlbfs's huge page size (only
+	                            whole huge pages can be released) */
 	pthread_mutex_t lock;    /* one of: a worker visiting a chunk, a release, a hint
 	                            completion (guards the page states and mappings) */
 	_Atomic bool dead;       /* being removed: readers must not touch hva */

@@ -355,6 +355,25 @@ int mv__vma_kind(const void *addr, size_t len)
 	return covered < hi ? kind | MV_VMA_HOLE : kind;
 }
 
+long mv__vma_page_size(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -errno;
+	uintptr_t a = (uintptr_t)addr, s, e;
+	char line[512];
+	long kb, size = -ENOENT;
+	bool in = false;
+	while (size == -ENOENT && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = a >= s && a < e;
+		else if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1)
+			size = kb * 1024;
+	}
+	fclose(f);
+	return size;
+}
+
 int mv__random(void *buf, size_t len)
 {
 	uint8_t *p = buf;

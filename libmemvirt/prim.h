@@ -97,6 +97,9 @@ int mv__count_maps(long *out);               /* lines of /proc/self/maps */
 #define MV_VMA_NOT_RW 4 /* some of it is read-only or PROT_NONE */
 #define MV_VMA_HOLE   8 /* some of it is not mapped */
 int mv__vma_kind(const void *addr, size_t len);
+/* Page size of the mapping at addr (/proc/self/smaps KernelPageSize): 4096, or a huge
+ * page size for hugetlbfs; -errno if it cannot be read, -ENOENT if nothing is mapped. */
+long mv__vma_page_size(const void *addr);
 int mv__random(void *buf, size_t len);
 int mv__numa_node_of(void *opaque, const void *hva);
 unsigned mv__numa_nodes(void);

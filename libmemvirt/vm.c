@@ -274,6 +274,8 @@ static void region_arm(struct mv_host *h, struct mv_region *r)
 	int kind = mv__vma_kind(r->hva, r->size);
 	r->shared = kind >= 0 && (kind & MV_VMA_SHARED) && !(kind & MV_VMA_HOLE);
 	r->file = kind >= 0 && (kind & MV_VMA_FILE) && !(kind & (MV_VMA_SHARED | MV_VMA_HOLE | MV_VMA_NOT_RW));
+	long ps = kind > 0 && (kind & (MV_VMA_SHARED | MV_VMA_FILE)) ? mv__vma_page_size(r->hva) : 0;
+	r->page_size = ps > (long)MV_PAGE_SIZE ? (uint64_t)ps : MV_PAGE_SIZE; /* hugetlbfs */
 	if (r->flags & MV_REGION_NEVER_MERGE)
 		return;
 	if (kind != 0) {

@@ -430,6 +430,43 @@ static void releases_stay_within_the_vma_budget(void **state)
 	tu_guest_free(kmem, N);
 }
 
+/* ---- hugetlbfs ---- */
+
+/* Shared hugetlbfs guest RAM: a 4 KiB piece of a huge page cannot be released (a 4 KiB
+ * MADV_REMOVE succeeds but punches nothing): the caller hears it and the bytes stay; a
+ * whole huge page is released and reads zero. */
+static void huge_page_pieces_are_not_released(void **state)
+{
+	long nr = 0, kb = 0;
+	if (mv__read_long("/proc/sys/vm/nr_hugepages", &nr) || nr < 2)
+		TU_SKIP("no huge pages reserved (vm.nr_hugepages is %ld): hugetlbfs cannot be "
+		        "tested, and tests never change kernel settings", nr);
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[128];
+	while (f && fgets(line, sizeof(line), f) && sscanf(line, "Hugepagesize: %ld kB", &kb) != 1)
+		;
+	if (f)
+		fclose(f);
+	size_t huge = (size_t)kb * 1024, pages = 2 * huge / TPAGE;
+	uint8_t *mem = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE,
+	                    MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (!kb || mem == MAP_FAILED)
+		TU_SKIP("two free huge pages are not available");
+	for (size_t i = 0; i < pages; i++)
+		tu_fill(mem + i * TPAGE, file_seed(i));
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = vm_in(h, "huge", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, 2 * huge, 0), 0);
+	assert_int_equal(region0(vm)->page_size, huge);
+	struct mv_prange piece = { 1, 1 }, whole = { huge / TPAGE, huge / TPAGE };
+	assert_int_equal(mv__region_discard(h, region0(vm), &piece, 1), -EINVAL);
+	assert_int_equal(mv__region_discard(h, region0(vm), &whole, 1), 0);
+	check_released(mem, pages, &whole, 1, file_seed); /* page 1 kept its bytes */
+	mv_vm_free(vm);
+	mv_host_free(h);
+	munmap(mem, 2 * huge);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -444,6 +481,7 @@ int main(void)
 		cmocka_unit_test(re_added_store_memory_releases_to_zero),
 		cmocka_unit_test(private_file_pages_release_to_zero),
 		cmocka_unit_test(releases_stay_within_the_vma_budget),
+		cmocka_unit_test(huge_page_pieces_are_not_released),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
