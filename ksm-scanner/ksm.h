@@ -16,6 +16,7 @@ enum mv_pstate {
 
 #define PF_RETRY 0x1 /* stable but left unmerged (VMA budget): look it up again */
 #define PF_SUM   0x2 /* region->sum[] holds this page's content at its last look */
+#define PF_ANON  0x4 /* region->file: anonymous memory was mapped over this page */
 
 /* When the scanner looks at a chunk again. A chunk with pages seen once or seen changing
  * waits settle_ms before its next look; each look that finds pages changing again
@@ -32,6 +33,8 @@ struct mv_chunk_sched {
 };
 
 #define MV_VKEY_ANON 0 /* store keys are never 0: store ids start at 1 */
+#define MV_VKEY_FILE -1 /* region->file: the mapping the region came with (store keys are
+                           positive); counted as one, which can only overestimate */
 #define MV_SLOT_ANON 0 /* slot 0 is never allocated (extent 0 stays unused) */
 
 /* 8 bytes per guest page: this array is most of memvirt's memory. The content hash is
@@ -104,7 +107,7 @@ static inline int64_t mv__page_vkey(const struct mv_region *r, uint64_t k)
 {
 	const struct mv_page *p = &r->pages[k];
 	if (p->slot == MV_SLOT_ANON)
-		return MV_VKEY_ANON;
+		return r->file && !(p->flags & PF_ANON) ? MV_VKEY_FILE : MV_VKEY_ANON;
 	return mv__vkey(r->vm->dom->stores[p->nid], p->slot, (uintptr_t)(r->hva + k * MV_PAGE_SIZE));
 }
 
@@ -146,6 +149,8 @@ long mv__vma_delta(const struct mv_region *r, uint64_t a, uint64_t b, int64_t ke
 void mv__vmas_account(struct mv_region *r, long delta);
 /* Charge `delta` mappings to the host's VMA budget; false (nothing charged) if spent. */
 bool mv__vma_charge(struct mv_host *h, long delta);
+/* madvise(MADV_DONTFORK) on a mapping just made over guest RAM; a failure is logged. */
+void mv__dontfork(struct mv_host *h, void *addr, size_t len);
 
 /* scan.c */
 struct mv_scan_ctx {

@@ -40,6 +40,18 @@ static void drop(struct chunk *c, unsigned i)
 	c->act[i] = ACT_NONE;
 }
 
+/* A mapping made over registered guest RAM (or holding its pages) is not inherited by
+ * children, as the RAM it replaces is not (vm.c region_arm); it also fuses with its
+ * neighbours only if its flags match theirs. Should that fail, the mapping stays (the
+ * guest's bytes are in it) and the failure is logged. */
+void mv__dontfork(struct mv_host *h, void *addr, size_t len)
+{
+	int err = h->prim->dontfork(addr, len);
+	if (err)
+		mv__log(h, MV_LOG_WARN, "a mapping over guest RAM would be inherited by a child "
+		        "of the VMM (MADV_DONTFORK: %s)", mv_strerror(err));
+}
+
 /* The worker's holding area: 2 MiB aligned, registered with the host's userfaultfd
  * (UFFDIO_MOVE moves only into ranges registered there). Write-protect mode only, so
  * that no access of ours to it ever waits. */
@@ -54,6 +66,7 @@ static uint8_t *hold_area(struct mv_scan_ctx *ctx)
 		h->prim->unmap(lo, (size_t)(a - lo));
 	if (a + MV_CHUNK_SIZE < lo + 2 * MV_CHUNK_SIZE)
 		h->prim->unmap(a + MV_CHUNK_SIZE, (size_t)(lo + 2 * MV_CHUNK_SIZE - a - MV_CHUNK_SIZE));
+	mv__dontfork(h, a, MV_CHUNK_SIZE);
 	if (h->prim->uffd_register(h->uffd, a, MV_CHUNK_SIZE, MV_UFFD_WP)) {
 		h->prim->unmap(a, MV_CHUNK_SIZE);
 		return NULL;
@@ -72,27 +85,87 @@ static void move_out(struct chunk *c, unsigned a, unsigned b)
 		drop(c, i);
 }
 
+/* Pages from a on (up to b) that have no mapping at all. */
+static unsigned hole_end(const struct chunk *c, unsigned a, unsigned b)
+{
+	unsigned e = a;
+	while (e < b && mv__vma_kind(page_addr(c, e), MV_PAGE_SIZE) == MV_VMA_HOLE)
+		e++;
+	return e;
+}
+
+/* A failed MAP_FIXED may have unmapped its target first (older kernels): then neither a
+ * move nor a copy can put the pages back. Map fresh anonymous memory over the hole at a,
+ * set up as the rest of the window (not inherited, registered in both modes), so that
+ * they can. 0, or -ENOENT if there is no hole at a. */
+static int refill_hole(struct chunk *c, unsigned a, unsigned b)
+{
+	struct mv_host *h = c->ctx->h;
+	unsigned e = hole_end(c, a, b);
+	if (e == a)
+		return -ENOENT;
+	void *lo = page_addr(c, a);
+	size_t len = (size_t)(e - a) * MV_PAGE_SIZE;
+	int err = h->prim->map_anon_fixed(lo, len);
+	if (err)
+		return err;
+	mv__dontfork(h, lo, len);
+	err = h->prim->uffd_register(h->uffd, lo, len, MV_UFFD_WP | MV_UFFD_MISSING);
+	mv__log(h, MV_LOG_WARN, "vm %s slot %u: a failed mapping left a hole in guest RAM: "
+	        "%u pages mapped again%s", c->r->vm->name, c->r->slot, e - a,
+	        err ? " (but not registered)" : "");
+	return 0;
+}
+
+static bool no_mapping(long err)
+{
+	return err == -ENOENT || err == -EFAULT || err == -EINVAL;
+}
+
+/* Put page a back: moved (with the pages after it up to b, as many as can be), else
+ * copied. Returns the pages put back, or -errno. */
+static long put_back_some(struct chunk *c, unsigned a, unsigned b)
+{
+	struct mv_host *h = c->ctx->h;
+	long moved = h->prim->uffd_move(h->uffd, page_addr(c, a), held(c, a),
+	                                (size_t)(b - a) * MV_PAGE_SIZE);
+	if (moved > 0)
+		return moved / (long)MV_PAGE_SIZE;
+	int err = h->prim->uffd_copy(h->uffd, page_addr(c, a), held(c, a), MV_PAGE_SIZE);
+	if (!err || err == -EEXIST)
+		return 1;
+	return no_mapping(moved) && no_mapping(err) ? -ENOENT : err;
+}
+
 /* Put pages [a, b) back from the holding area into their empty ptes. A move cannot fail
- * there short of memory for a page table; a copy is the fallback, retried, since the
- * content lives nowhere else. */
+ * there short of memory for a page table, or a hole where the guest's mapping was; the
+ * content lives nowhere else, so a hole is mapped again and a failure retried, up to
+ * PUT_BACK_TRIES times for one page. A page that still cannot go back is lost (the
+ * guest reads zero there) and the error logged: the worker does not spin. */
+#define PUT_BACK_TRIES 10000
 static void put_back(struct chunk *c, unsigned a, unsigned b)
 {
 	struct mv_host *h = c->ctx->h;
+	unsigned tries = 0;
 	while (a < b) {
-		size_t len = (size_t)(b - a) * MV_PAGE_SIZE;
-		long moved = h->prim->uffd_move(h->uffd, page_addr(c, a), held(c, a), len);
-		if (moved > 0) {
-			a += (unsigned)(moved / (long)MV_PAGE_SIZE);
+		long n = put_back_some(c, a, b);
+		if (n > 0) {
+			a += (unsigned)n;
+			tries = 0;
 			continue;
 		}
-		int err = h->prim->uffd_copy(h->uffd, page_addr(c, a), held(c, a), MV_PAGE_SIZE);
-		if (!err || err == -EEXIST) {
-			a++;
+		if (n == -ENOENT && !tries && !refill_hole(c, a, b)) {
+			tries++;
 			continue;
 		}
-		mv__log(h, MV_LOG_ERROR, "putting a guest page back failed (%s): retrying",
-		        mv_strerror(err));
-		sched_yield();
+		if (++tries < PUT_BACK_TRIES) {
+			sched_yield();
+			continue;
+		}
+		mv__log(h, MV_LOG_ERROR, "vm %s slot %u: a guest page could not be put back (%s): "
+		        "its content is lost", c->r->vm->name, c->r->slot, mv_strerror((int)n));
+		a++;
+		tries = 0;
 	}
 }
 
@@ -200,10 +273,12 @@ static void map_run(struct chunk *c, unsigned a, unsigned b)
 	if (mv__vma_charge(h, delta)) {
 		err = h->prim->map_private_fixed((void *)addr, (size_t)(b - a) * MV_PAGE_SIZE, s->fd,
 		                                 (off_t)c->tgt[a]->slot * (off_t)MV_PAGE_SIZE);
-		if (err)
+		if (err) {
 			atomic_fetch_sub(&h->c.v[MV_C_VMAS], delta);
-		else
+		} else {
+			mv__dontfork(h, (void *)addr, (size_t)(b - a) * MV_PAGE_SIZE);
 			mv__vmas_account(c->r, delta);
+		}
 	}
 	if (err)
 		put_back(c, a, b); /* (a failed MAP_FIXED leaves the range as it was: empty) */
@@ -291,6 +366,11 @@ static int chunk_build(struct chunk *c, struct mv_store *s, int64_t slot0, uint8
 	int err = h->prim->map_private(MV_CHUNK_SIZE, s->fd, (off_t)slot0 * (off_t)MV_PAGE_SIZE, &aside);
 	if (err)
 		return err;
+	err = h->prim->dontfork(aside, MV_CHUNK_SIZE); /* mremap keeps it */
+	if (err) {
+		h->prim->unmap(aside, MV_CHUNK_SIZE);
+		return err;
+	}
 	for (unsigned i = 0; i < c->n; i++) {
 		uint8_t *dst = (uint8_t *)aside + (size_t)i * MV_PAGE_SIZE;
 		if (!tgt_at(c, i, slot0) || !still_same(c, i))

@@ -5,8 +5,10 @@
  * process_madvise vector; it reads as zero afterwards. A page the scanner mapped onto a
  * canonical page of a store would read that canonical page back after MADV_DONTNEED, and
  * the canonical page stays allocated: such pages get fresh anonymous memory mapped over
- * them instead, and drop their share. Pages of a MAP_SHARED region are punched out of
- * their file (MADV_REMOVE). The region lock keeps the scanner off the region's page
+ * them instead, and drop their share. So do pages of a region that is a private mapping
+ * of a file (a memfd, or store mappings left from the region's earlier registration,
+ * whose slots the domain reuses for other content). Pages of a MAP_SHARED region are
+ * punched out of their file (MADV_REMOVE). The region lock keeps the scanner off the region's page
  * states meanwhile.
  */
 #include "ksm.h"
@@ -53,12 +55,13 @@ static void add_iov(struct release *x, uint64_t a, uint64_t b)
 	x->iov[x->n++] = (struct iovec){ lo, len };
 }
 
-/* Pages [a, b) live in store mappings: map fresh anonymous memory over them, track its
- * writes like the rest of the region, and drop the shares. The mappings this adds are
- * charged to the VMA budget like the scanner's: when it is spent, the pages stay as they
- * are (shared, or private copies) and are counted, so that no guest can drive the VMM
- * to vm.max_map_count by ballooning merged pages. */
-static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
+/* Pages [a, b) live in mappings of a file (store mappings, or the region's own private
+ * file mapping): map fresh anonymous memory over them, track its writes like the rest
+ * of the region, and drop the shares. The mappings this adds are charged to the VMA
+ * budget like the scanner's: when it is spent, the pages stay as they are (shared, or
+ * private copies) and are counted, so that no guest can drive the VMM to
+ * vm.max_map_count by ballooning merged pages. */
+static void map_anon_run(struct release *x, uint64_t a, uint64_t b)
 {
 	struct mv_host *h = x->h;
 	struct mv_region *r = x->r;
@@ -75,6 +78,8 @@ static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 		note(x, err);
 		return;
 	}
+	if (r->mergeable)
+		mv__dontfork(h, lo, len);
 	if (r->registered)
 		note(x, h->prim->uffd_register(h->uffd, lo, len, MV_UFFD_WP));
 	for (uint64_t k = a; k < b; k++) {
@@ -86,30 +91,59 @@ static void unmap_store_run(struct release *x, uint64_t a, uint64_t b)
 		x->zero += p->state == PS_ZERO;
 		p->state = PS_NEW;
 		p->slot = MV_SLOT_ANON;
-		p->flags = 0;
+		p->flags = r->file ? PF_ANON : 0;
 	}
 	mv__vmas_account(r, delta);
+}
+
+/* Page k would read a file again after MADV_DONTNEED: it needs anonymous memory. */
+static bool file_page(const struct mv_region *r, uint64_t k)
+{
+	const struct mv_page *p = &r->pages[k];
+	return p->slot != MV_SLOT_ANON || (r->file && !(p->flags & PF_ANON));
+}
+
+/* hugetlbfs: only whole huge pages can be released (MADV_REMOVE of less punches
+ * nothing yet succeeds; MADV_DONTNEED and mappings over less fail or free nothing).
+ * The whole huge pages inside [a, b) are; if any piece is left, the caller hears
+ * -EINVAL, so that nothing is counted released that was not. */
+static void release_huge(struct release *x, uint64_t a, uint64_t b)
+{
+	struct mv_region *r = x->r;
+	uintptr_t mask = r->page_size - 1, lo = (uintptr_t)(r->hva + a * MV_PAGE_SIZE);
+	uintptr_t hi = (uintptr_t)(r->hva + b * MV_PAGE_SIZE);
+	uintptr_t A = (lo + mask) & ~mask, B = hi & ~mask;
+	if (A != lo || B != hi)
+		note(x, -EINVAL);
+	if (A >= B)
+		return;
+	if (r->shared)
+		note(x, x->h->prim->remove((void *)A, B - A));
+	else if (r->file)
+		map_anon_run(x, (A - (uintptr_t)r->hva) / MV_PAGE_SIZE, (B - (uintptr_t)r->hva) / MV_PAGE_SIZE);
+	else
+		note(x, -EINVAL); /* neither: it was never released */
 }
 
 /* Pages [a, b) of the region, by where they live. Caller holds r->lock and RCU. */
 static void release_range(struct release *x, uint64_t a, uint64_t b)
 {
 	struct mv_region *r = x->r;
+	if (r->page_size > MV_PAGE_SIZE) {
+		release_huge(x, a, b);
+		return;
+	}
 	if (r->shared) {
 		note(x, x->h->prim->remove(r->hva + a * MV_PAGE_SIZE, (size_t)(b - a) * MV_PAGE_SIZE));
 		return;
 	}
-	if (!r->mergeable) {
-		add_iov(x, a, b);
-		return;
-	}
 	while (a < b) {
-		bool store = r->pages[a].slot != MV_SLOT_ANON;
+		bool file = file_page(r, a);
 		uint64_t e = a + 1;
-		while (e < b && (r->pages[e].slot != MV_SLOT_ANON) == store)
+		while (e < b && file_page(r, e) == file)
 			e++;
-		if (store)
-			unmap_store_run(x, a, e);
+		if (file)
+			map_anon_run(x, a, e);
 		else
 			add_iov(x, a, e);
 		a = e;

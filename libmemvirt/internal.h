@@ -39,6 +39,12 @@ struct mv_region {
 	bool registered;         /* with the host's userfaultfd */
 	bool shared;             /* MAP_SHARED (e.g. a memfd for vhost-user): released with
 	                            MADV_REMOVE, since MADV_DONTNEED would keep the pages */
+	bool file;               /* a private mapping of a file, in part (memfd, tmpfs, store
+	                            mappings left from an earlier registration): released by
+	                            mapping anonymous memory over the pages, since after
+	                            MADV_DONTNEED they would read the file again */
+	uint64_t page_size;      /* bytes: MV_PAGE_SIZE, or hugetlbfs's huge page size (only
+	                            whole huge pages can be released) */
 	pthread_mutex_t lock;    /* one of: a worker visiting a chunk, a release, a hint
 	                            completion (guards the page states and mappings) */
 	_Atomic bool dead;       /* being removed: readers must not touch hva */
@@ -161,8 +167,9 @@ void mv__domain_put(struct mv_domain *d);
 struct mv_prange { uint64_t first, n; };
 /* Release the pages: they read as zero afterwards. Anonymous pages go with one
  * MADV_DONTNEED vector per batch, pages of a MAP_SHARED region with MADV_REMOVE, and
- * pages the scanner mapped onto a page store get anonymous memory mapped over them
- * (dropping their share). Takes r->lock. 0 or the first -errno (the rest is still tried). */
+ * pages the scanner mapped onto a page store, or of a private file mapping, get
+ * anonymous memory mapped over them (dropping their share; charged to the VMA budget:
+ * when it is spent they are left as they are and counted in pages_left_vma_budget). Takes r->lock. 0 or the first -errno (the rest is still tried). */
 int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_prange *ranges,
                        size_t n);
 /*

@@ -126,6 +126,11 @@ static int map_anon_fixed(void *addr, size_t len)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
+static int dontfork(void *addr, size_t len)
+{
+	return neg_errno(madvise(addr, len, MADV_DONTFORK));
+}
+
 static int remove_range(void *addr, size_t len)
 {
 	return neg_errno(madvise(addr, len, MADV_REMOVE));
@@ -229,6 +234,7 @@ const struct mv_prim mv__prim_linux = {
 	.lazyfree = lazyfree,
 	.pageout = pageout,
 	.map_anon_fixed = map_anon_fixed,
+	.dontfork = dontfork,
 	.remove = remove_range,
 	.populate_write = populate_write,
 	.uffd_wp = uffd_wp,
@@ -347,6 +353,25 @@ int mv__vma_kind(const void *addr, size_t len)
 	}
 	fclose(f);
 	return covered < hi ? kind | MV_VMA_HOLE : kind;
+}
+
+long mv__vma_page_size(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -errno;
+	uintptr_t a = (uintptr_t)addr, s, e;
+	char line[512];
+	long kb, size = -ENOENT;
+	bool in = false;
+	while (size == -ENOENT && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &s, &e) == 2)
+			in = a >= s && a < e;
+		else if (in && sscanf(line, "KernelPageSize: %ld kB", &kb) == 1)
+			size = kb * 1024;
+	}
+	fclose(f);
+	return size;
 }
 
 int mv__random(void *buf, size_t len)

@@ -45,6 +45,11 @@ struct mv_prim {
 	int (*pageout)(const struct iovec *iov, size_t n);
 	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED): fresh zero pages. */
 	int (*map_anon_fixed)(void *addr, size_t len);
+	/* madvise(MADV_DONTFORK): a child of this process does not inherit [addr, addr+len)
+	 * (the range is unmapped there). A new mapping does not inherit it from the one it
+	 * replaces, and mappings that differ in it do not fuse: every mapping made over
+	 * registered guest RAM gets it. */
+	int (*dontfork)(void *addr, size_t len);
 	/* madvise(MADV_REMOVE): free the backing of a shared mapping (punch the file). */
 	int (*remove)(void *addr, size_t len);
 	/* madvise(MADV_POPULATE_WRITE): break copy-on-write without changing the bytes. */
@@ -92,6 +97,9 @@ int mv__count_maps(long *out);               /* lines of /proc/self/maps */
 #define MV_VMA_NOT_RW 4 /* some of it is read-only or PROT_NONE */
 #define MV_VMA_HOLE   8 /* some of it is not mapped */
 int mv__vma_kind(const void *addr, size_t len);
+/* Page size of the mapping at addr (/proc/self/smaps KernelPageSize): 4096, or a huge
+ * page size for hugetlbfs; -errno if it cannot be read, -ENOENT if nothing is mapped. */
+long mv__vma_page_size(const void *addr);
 int mv__random(void *buf, size_t len);
 int mv__numa_node_of(void *opaque, const void *hva);
 unsigned mv__numa_nodes(void);

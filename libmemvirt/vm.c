@@ -266,11 +266,16 @@ static const char *unmergeable_why(int kind)
 
 /* Decide whether the region can share pages, and register it for write tracking. Only
  * private anonymous read-write memory can: a page released with MADV_DONTNEED reads as
- * zero there, and the store mappings that replace its pages are read-write. */
+ * zero there, and the store mappings that replace its pages are read-write. Children of
+ * the VMM do not inherit it (MADV_DONTFORK, as QEMU does for guest RAM): a child's copy
+ * of a merged page would read whatever its store slot holds once the share is dropped. */
 static void region_arm(struct mv_host *h, struct mv_region *r)
 {
 	int kind = mv__vma_kind(r->hva, r->size);
 	r->shared = kind >= 0 && (kind & MV_VMA_SHARED) && !(kind & MV_VMA_HOLE);
+	r->file = kind >= 0 && (kind & MV_VMA_FILE) && !(kind & (MV_VMA_SHARED | MV_VMA_HOLE | MV_VMA_NOT_RW));
+	long ps = kind > 0 && (kind & (MV_VMA_SHARED | MV_VMA_FILE)) ? mv__vma_page_size(r->hva) : 0;
+	r->page_size = ps > (long)MV_PAGE_SIZE ? (uint64_t)ps : MV_PAGE_SIZE; /* hugetlbfs */
 	if (r->flags & MV_REGION_NEVER_MERGE)
 		return;
 	if (kind != 0) {
@@ -279,7 +284,13 @@ static void region_arm(struct mv_host *h, struct mv_region *r)
 		        r->vm->name, r->slot, unmergeable_why(kind));
 		return;
 	}
-	int err = h->prim->uffd_register(h->uffd, r->hva, r->size, MV_UFFD_WP);
+	int err = h->prim->dontfork(r->hva, r->size);
+	if (err) {
+		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot keep guest RAM from children (%s): "
+		        "its pages will not be merged", r->vm->name, r->slot, mv_strerror(err));
+		return;
+	}
+	err = h->prim->uffd_register(h->uffd, r->hva, r->size, MV_UFFD_WP);
 	if (err) {
 		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes (%s): its pages will not "
 		        "be merged", r->vm->name, r->slot, mv_strerror(err));

@@ -53,6 +53,10 @@ void mv_vm_free(struct mv_vm *vm);
  * MAP_SHARED (e.g. for vhost-user), a private mapping of a file (memfd, tmpfs, hugetlbfs:
  * a released page would read the file again, as would memory still mapped from a page
  * store after the region was removed), read-only or PROT_NONE parts, holes.
+ * Memory that can be shared is marked MADV_DONTFORK, as QEMU marks guest RAM, and so is
+ * every mapping the library makes over it: a child of the VMM does not see registered
+ * guest RAM (accessing it faults), never another page's data. The mark stays after
+ * mv_vm_region_remove(). Memory that cannot be marked is not merged.
  * Safe while the scanner runs (memory hot-plug). Errors: -EINVAL, -EEXIST (slot or
  * overlap), -ENOMEM.
  */

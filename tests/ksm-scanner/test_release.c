@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <memvirt/memvirt.h>
 #include "ksm.h"
 #include "testutil.h"
@@ -250,6 +252,221 @@ static void failed_release_changes_nothing(void **state)
 	free(copy);
 }
 
+/* ---- guest RAM that is a private mapping of a file ---- */
+
+static struct mv_vm *vm_in(struct mv_host *h, const char *name, const char *domain)
+{
+	struct mv_vm_config vc;
+	mv_vm_config_init(&vc);
+	vc.name = name;
+	vc.domain = domain;
+	struct mv_vm *vm = NULL;
+	assert_int_equal(mv_vm_new(h, &vc, &vm), 0);
+	return vm;
+}
+
+static struct mv_region *region0(struct mv_vm *vm)
+{
+	return rcu_dereference(vm->map)->r[0]; /* stable: nobody changes the map here */
+}
+
+/* Released pages [first, first+n) of each range read zero, the others hold seed(i). */
+static void check_released(const uint8_t *mem, size_t pages, const struct mv_prange *rg,
+                           size_t nr, uint64_t (*seed)(size_t))
+{
+	uint8_t want[TPAGE];
+	for (size_t i = 0; i < pages; i++) {
+		bool gone = false;
+		for (size_t k = 0; k < nr; k++)
+			gone |= i >= rg[k].first && i < rg[k].first + rg[k].n;
+		if (gone) {
+			if (!page_is_zero(mem + i * TPAGE)) {
+				fprintf(stderr, "released page %zu does not read zero\n", i);
+				fail();
+			}
+			continue;
+		}
+		tu_fill(want, seed(i));
+		assert_memory_equal(mem + i * TPAGE, want, TPAGE);
+	}
+}
+
+static uint64_t pair_seed(size_t i)
+{
+	return i / 2 + 1;
+}
+
+/* A memslot merged in domain "a", removed, and added to a VM of domain "b": its pages
+ * still live in store mappings of "a", as private copies. Released, they must read
+ * zero, not the store slot behind them (which "a" reuses for other content). */
+static void re_added_store_memory_releases_to_zero(void **state)
+{
+	enum { N = 512 };
+	struct mv_host *h = tu_host();
+	struct mv_vm *va = vm_in(h, "a1", "a"), *keep = vm_in(h, "a2", "a");
+	uint8_t *mem = tu_guest_alloc(N), *kmem = tu_guest_alloc(N); /* kmem keeps the slots */
+	for (size_t i = 0; i < N; i++) {
+		tu_fill(mem + i * TPAGE, pair_seed(i));
+		tu_fill(kmem + i * TPAGE, pair_seed(i));
+	}
+	assert_int_equal(mv_vm_region_add(va, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_vm_region_add(keep, 0, 0, kmem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 3), 0);
+	assert_int_equal(region0(va)->pages[0].state, PS_MERGED);
+	assert_int_equal(mv_vm_region_remove(va, 0), 0);
+
+	struct mv_vm *vb = vm_in(h, "b1", "b");
+	assert_int_equal(mv_vm_region_add(vb, 0, 0, mem, N * TPAGE, 0), 0);
+	struct mv_prange rg[3] = { { 0, 64 }, { 101, 1 }, { 300, 10 } };
+	assert_int_equal(mv__region_discard(h, region0(vb), rg, 3), 0);
+	check_released(mem, N, rg, 3, pair_seed);
+	assert_int_equal(mv__region_discard(h, region0(vb), rg, 3), 0); /* again: still zero */
+	check_released(mem, N, rg, 3, pair_seed);
+	for (size_t i = 0; i < N; i++) { /* the other domain's pages are untouched */
+		uint8_t want[TPAGE];
+		tu_fill(want, pair_seed(i));
+		assert_memory_equal(kmem + i * TPAGE, want, TPAGE);
+	}
+	mv_vm_free(vb);
+	mv_vm_free(keep);
+	mv_vm_free(va);
+	mv_host_free(h);
+	tu_guest_free(mem, N);
+	tu_guest_free(kmem, N);
+}
+
+static uint64_t file_seed(size_t i)
+{
+	return 31 + i;
+}
+
+/* A MAP_PRIVATE memfd mapping with content of its own: released pages read zero, not
+ * the file. */
+static void private_file_pages_release_to_zero(void **state)
+{
+	enum { N = 64 };
+	int fd = memfd_create("guest-file", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	uint8_t page[TPAGE];
+	for (size_t i = 0; i < N; i++) {
+		tu_fill(page, file_seed(i));
+		assert_int_equal(pwrite(fd, page, TPAGE, (off_t)(i * TPAGE)), TPAGE);
+	}
+	uint8_t *mem = mmap(NULL, N * TPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	assert_true(mem != MAP_FAILED);
+	tu_fill(mem + 5 * TPAGE, file_seed(5)); /* a private copy, with the file's bytes */
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = vm_in(h, "pf", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	struct mv_prange rg[2] = { { 3, 4 }, { 40, 1 } };
+	assert_int_equal(mv__region_discard(h, region0(vm), rg, 2), 0);
+	check_released(mem, N, rg, 2, file_seed);
+	mv_vm_free(vm);
+	mv_host_free(h);
+	munmap(mem, N * TPAGE);
+	close(fd);
+}
+
+/* ---- the VMA budget ---- */
+
+static uint64_t image_seed(size_t i)
+{
+	return 800000 + i;
+}
+
+/* Two guests of one image: the second is mapped onto runs of consecutive store slots,
+ * few mappings. Releasing every other page of it, one at a time, would split those
+ * mappings at each page: the mappings added stay within the host's VMA budget, and the
+ * pages left for lack of it are counted (and keep their bytes). */
+static void releases_stay_within_the_vma_budget(void **state)
+{
+	enum { N = 512, BUDGET = 16 };
+	struct mv_host_config cfg;
+	mv_host_config_init(&cfg);
+	cfg.settle_ms = 0;
+	cfg.vma_budget = BUDGET;
+	struct mv_host *h;
+	assert_int_equal(mv_host_new(&cfg, &h), 0);
+	struct mv_vm *keep = vm_in(h, "k", "img"), *vm = vm_in(h, "g", "img");
+	uint8_t *kmem = tu_guest_alloc(N), *mem = tu_guest_alloc(N);
+	for (size_t i = 0; i < N; i++) {
+		tu_fill(kmem + i * TPAGE, image_seed(i));
+		tu_fill(mem + i * TPAGE, image_seed(i));
+	}
+	assert_int_equal(mv_vm_region_add(keep, 0, 0, kmem, N * TPAGE, 0), 0);
+	long maps_before = tu_vmas_in(mem, N * TPAGE);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, N * TPAGE, 0), 0);
+	assert_int_equal(mv_host_scan(h, 4), 0);
+	struct mv_scan_stats st;
+	mv_host_stats(h, &st);
+	uint64_t left_before = st.pages_left_vma_budget;
+	struct mv_region *r = region0(vm);
+	size_t merged = 0;
+	for (size_t i = 1; i < N; i += 2)
+		merged += r->pages[i].state == PS_MERGED;
+	assert_true(merged > N / 4);
+
+	for (size_t i = 1; i < N; i += 2) {
+		struct mv_prange rg = { i, 1 };
+		assert_int_equal(mv__region_discard(h, r, &rg, 1), 0);
+		mv_host_stats(h, &st);
+		assert_true(st.vmas_used <= BUDGET);
+	}
+	assert_true(tu_vmas_in(mem, N * TPAGE) - maps_before <= BUDGET);
+	size_t released = 0, kept = 0;
+	uint8_t want[TPAGE];
+	for (size_t i = 1; i < N; i += 2) {
+		tu_fill(want, image_seed(i));
+		released += page_is_zero(mem + i * TPAGE);
+		kept += !memcmp(mem + i * TPAGE, want, TPAGE);
+	}
+	assert_int_equal(released + kept, N / 2);
+	assert_true(kept > 0);
+	assert_int_equal(st.pages_left_vma_budget - left_before, kept);
+	mv_vm_free(vm);
+	mv_vm_free(keep);
+	mv_host_free(h);
+	tu_guest_free(mem, N);
+	tu_guest_free(kmem, N);
+}
+
+/* ---- hugetlbfs ---- */
+
+/* Shared hugetlbfs guest RAM: a 4 KiB piece of a huge page cannot be released (a 4 KiB
+ * MADV_REMOVE succeeds but punches nothing): the caller hears it and the bytes stay; a
+ * whole huge page is released and reads zero. */
+static void huge_page_pieces_are_not_released(void **state)
+{
+	long nr = 0, kb = 0;
+	if (mv__read_long("/proc/sys/vm/nr_hugepages", &nr) || nr < 2)
+		TU_SKIP("no huge pages reserved (vm.nr_hugepages is %ld): hugetlbfs cannot be "
+		        "tested, and tests never change kernel settings", nr);
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[128];
+	while (f && fgets(line, sizeof(line), f) && sscanf(line, "Hugepagesize: %ld kB", &kb) != 1)
+		;
+	if (f)
+		fclose(f);
+	size_t huge = (size_t)kb * 1024, pages = 2 * huge / TPAGE;
+	uint8_t *mem = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE,
+	                    MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+	if (!kb || mem == MAP_FAILED)
+		TU_SKIP("two free huge pages are not available");
+	for (size_t i = 0; i < pages; i++)
+		tu_fill(mem + i * TPAGE, file_seed(i));
+	struct mv_host *h = tu_host();
+	struct mv_vm *vm = vm_in(h, "huge", NULL);
+	assert_int_equal(mv_vm_region_add(vm, 0, 0, mem, 2 * huge, 0), 0);
+	assert_int_equal(region0(vm)->page_size, huge);
+	struct mv_prange piece = { 1, 1 }, whole = { huge / TPAGE, huge / TPAGE };
+	assert_int_equal(mv__region_discard(h, region0(vm), &piece, 1), -EINVAL);
+	assert_int_equal(mv__region_discard(h, region0(vm), &whole, 1), 0);
+	check_released(mem, pages, &whole, 1, file_seed); /* page 1 kept its bytes */
+	mv_vm_free(vm);
+	mv_host_free(h);
+	munmap(mem, 2 * huge);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -261,6 +478,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(hint_claim_ends_when_released_elsewhere, setup, teardown),
 		cmocka_unit_test_setup_teardown(hint_claim_ends_when_the_scanner_releases, setup, teardown),
 		cmocka_unit_test_setup_teardown(failed_release_changes_nothing, setup, teardown),
+		cmocka_unit_test(re_added_store_memory_releases_to_zero),
+		cmocka_unit_test(private_file_pages_release_to_zero),
+		cmocka_unit_test(releases_stay_within_the_vma_budget),
+		cmocka_unit_test(huge_page_pieces_are_not_released),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,8 +7,10 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -218,12 +220,65 @@ static void changing_chunks_back_off_then_merge(void **state)
 	teardown_guest();
 }
 
+/* ---- a failed MAP_FIXED that left a hole (older kernels unmap the target first) ---- */
+
+static int unmap_and_fail(void *addr, size_t len, int fd, off_t off)
+{
+	munmap(addr, len);
+	return -ENOMEM;
+}
+
+/* Putting a page back into a hole fails for ever: stop the test rather than spin. */
+static atomic_long copy_failures;
+static int copy_or_give_up(int uffd, void *dst, const void *src, size_t len)
+{
+	int err = mv__prim_linux.uffd_copy(uffd, dst, src, len);
+	if (err && err != -EEXIST && atomic_fetch_add(&copy_failures, 1) > 1000000) {
+		fprintf(stderr, "putting a page back fails for ever (%s): the worker spins\n",
+		        strerror(-err));
+		_exit(1);
+	}
+	return err;
+}
+
+/* The store mapping fails and leaves no mapping where the moved pages were: they are
+ * put back all the same, byte for byte, and the worker returns. */
+static void failed_remap_leaving_a_hole_loses_nothing(void **state)
+{
+	struct mv_prim prim = mv__prim_linux;
+	prim.map_private_fixed = unmap_and_fail;
+	prim.uffd_copy = copy_or_give_up;
+	setup_guest(&prim);
+	for (size_t i = 0; i < 16; i++) /* a run of duplicates across the chunks */
+		memcpy(mem + (300 + i) * TPAGE, mem + (800 + i) * TPAGE, TPAGE);
+	uint8_t *shadow = malloc(PAGES * TPAGE);
+	memcpy(shadow, mem, PAGES * TPAGE);
+	atomic_store(&copy_failures, 0);
+	struct mv_vm *vm = new_vm("hole");
+	assert_int_equal(mv_host_scan(host, 3), 0);
+	assert_true(atomic_load(&copy_failures) > 0); /* a hole was met */
+	assert_int_equal(mv__vma_kind(mem, PAGES * TPAGE), 0); /* and filled: anonymous throughout */
+	for (size_t i = 0; i < PAGES; i++)
+		if (memcmp(mem + i * TPAGE, shadow + i * TPAGE, TPAGE)) {
+			fprintf(stderr, "page %zu differs from its shadow\n", i);
+			fail();
+		}
+	struct mv_scan_stats st;
+	mv_host_stats(host, &st);
+	assert_int_equal(st.pages_merged, 0);
+	assert_int_equal(st.pages_shared, 0);
+	mv_vm_free(vm);
+	free(shadow);
+	teardown_guest();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(write_in_flight_waits_and_survives),
 		cmocka_unit_test(write_in_flight_survives_a_chunk_swap),
 		cmocka_unit_test(changing_chunks_back_off_then_merge),
+		cmocka_unit_test(failed_remap_leaving_a_hole_loses_nothing),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
