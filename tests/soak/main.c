@@ -1,5 +1,5 @@
 /* main.c - `make soak`: the soak for SOAK_TIME seconds (default 1800) with SOAK_SEED
- * (default 1); progress on stderr, the summary as one JSON line on stdout. Exits 0 only
+ * (default 1); SOAK_VERBOSE=1 shows the library's warnings; progress on stderr, the summary as one JSON line on stdout. Exits 0 only
  * when no page was wrong and nothing hung. */
 #include "soak.h"
 
@@ -34,6 +34,7 @@ int main(void)
 	    env_num("SOAK_WATCHDOG", &o.watchdog_s, false))
 		return 2;
 	o.seed = (uint64_t)seed;
+	o.verbose = getenv("SOAK_VERBOSE") && *getenv("SOAK_VERBOSE") && strcmp(getenv("SOAK_VERBOSE"), "0");
 	fprintf(stderr, "soak: %.0f s, seed %llu, watchdog %.0f s\n", o.seconds,
 	        (unsigned long long)o.seed, o.watchdog_s);
 	struct soak_result r;

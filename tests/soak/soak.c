@@ -92,14 +92,18 @@ static void on_log(void *opaque, enum mv_log_level level, const char *msg)
 			fprintf(stderr, "soak: library error: %s\n", msg);
 	} else if (level == MV_LOG_WARN) {
 		atomic_fetch_add(&s->log_warn, 1);
+		if (s->o->verbose)
+			fprintf(stderr, "soak: library warning: %s\n", msg);
 	}
 }
 
 /* ---- guests ---- */
 
-/* Its balloon's and workload's figures go into the run's totals before it is freed. */
-static void retire_counters(struct soak *s, struct mvw_guest *g)
+/* Its balloon's and workload's figures go into the run's totals before it is freed; the
+ * slot's generation moves on with them. */
+static void retire_counters(struct soak *s, struct soak_slot *sl)
 {
+	struct mvw_guest *g = sl->g;
 	struct mv_balloon_info in;
 	struct mvw_stats st;
 	mvw_stats(g, &st);
@@ -112,6 +116,7 @@ static void retire_counters(struct soak *s, struct mvw_guest *g)
 		s->retired_guest_errors += in.guest_errors;
 	}
 	s->retired_ooms += st.ooms;
+	sl->gen++;
 	pthread_mutex_unlock(&s->res_lock);
 }
 
@@ -171,12 +176,11 @@ static void guest_retire(struct soak *s, struct soak_slot *sl)
 		mv_policy_detach(s->p, sl->name);
 	mvw_stop(g);
 	soak_verify(s, sl);
-	retire_counters(s, g);
+	retire_counters(s, sl);
 	mvw_guest_free(g);
 	soak_watch_end(s, W_TEARDOWN);
 	sl->g = NULL;
 	atomic_store(&sl->resident, 0);
-	sl->gen++;
 }
 
 /* A memslot resized as a VMM does it: the upper one removed and the same memory added
@@ -241,7 +245,7 @@ static void *verifier_main(void *arg)
 static void *churn_main(void *arg)
 {
 	struct soak *s = arg;
-	uint64_t readd = every(s->o->seconds / 4, 2, 20), recreate = every(s->o->seconds / 3, 3, 45);
+	uint64_t readd = every(s->o->seconds / 4, 2, 30), recreate = every(s->o->seconds / 3, 3, 45);
 	uint64_t next_readd = soak_now_ns() + readd / 2, next_recreate = soak_now_ns() + recreate;
 	unsigned ri = 0, ci = 0;
 	while (!atomic_load(&s->stop)) {
@@ -383,12 +387,6 @@ static void take_sample(struct soak *s, struct sample *x)
 		x->cow_last = st.cow_breaks;
 	}
 	pthread_mutex_lock(&s->res_lock);
-	x->inflated = s->retired_inflated;
-	x->deflated = s->retired_deflated;
-	x->reported = s->retired_reported;
-	x->discarded = s->retired_discarded;
-	x->guest_errors = s->retired_guest_errors;
-	x->ooms = s->retired_ooms;
 	if (x->merged > s->res->pages_merged_peak)
 		s->res->pages_merged_peak = x->merged;
 	if (x->zero > s->res->pages_zero_peak)
@@ -396,21 +394,36 @@ static void take_sample(struct soak *s, struct sample *x)
 	pthread_mutex_unlock(&s->res_lock);
 	for (unsigned i = 0; i < SOAK_SLOTS; i++) {
 		struct soak_slot *sl = &s->slot[i];
-		struct mv_balloon_info in;
-		struct mvw_stats ws;
 		if (pthread_mutex_trylock(&sl->lock))
-			continue; /* being replaced: its figures are counted when retired */
-		if (sl->g && !mv_balloon_info(mvg_sim_balloon(mvw_sim(sl->g)), &in)) {
-			x->inflated += (double)in.inflated_bytes / SOAK_MIB;
-			x->deflated += (double)in.deflated_bytes / SOAK_MIB;
-			x->reported += (double)in.reported_bytes / SOAK_MIB;
-			x->discarded += (double)in.hint_discarded_bytes / SOAK_MIB;
-			x->guest_errors += in.guest_errors;
+			continue; /* busy: its last figures stand */
+		sl->last_valid = sl->g && !mv_balloon_info(mvg_sim_balloon(mvw_sim(sl->g)), &sl->last_info);
+		if (sl->last_valid) {
+			struct mvw_stats ws;
 			mvw_stats(sl->g, &ws);
-			x->ooms += ws.ooms;
+			sl->last_ooms = ws.ooms;
+			sl->last_gen = sl->gen;
 		}
 		pthread_mutex_unlock(&sl->lock);
 	}
+	pthread_mutex_lock(&s->res_lock);
+	x->inflated = s->retired_inflated;
+	x->deflated = s->retired_deflated;
+	x->reported = s->retired_reported;
+	x->discarded = s->retired_discarded;
+	x->guest_errors = s->retired_guest_errors;
+	x->ooms = s->retired_ooms;
+	for (unsigned i = 0; i < SOAK_SLOTS; i++) {
+		const struct soak_slot *sl = &s->slot[i];
+		if (!sl->last_valid || sl->last_gen != sl->gen)
+			continue; /* no guest, or its figures are among the retired ones now */
+		x->inflated += (double)sl->last_info.inflated_bytes / SOAK_MIB;
+		x->deflated += (double)sl->last_info.deflated_bytes / SOAK_MIB;
+		x->reported += (double)sl->last_info.reported_bytes / SOAK_MIB;
+		x->discarded += (double)sl->last_info.hint_discarded_bytes / SOAK_MIB;
+		x->guest_errors += sl->last_info.guest_errors;
+		x->ooms += sl->last_ooms;
+	}
+	pthread_mutex_unlock(&s->res_lock);
 }
 
 static void progress(struct soak *s, const struct sample *x, uint64_t now, bool faulting)

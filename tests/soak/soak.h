@@ -13,6 +13,7 @@ struct soak_opts {
 	double watchdog_s;         /* a verify round, a guest teardown or creation, a region
 	                              change or a policy tick taking longer = hung; default 60 */
 	bool progress;             /* a progress line on stderr every 10 s; default true */
+	bool verbose;              /* show the library's warnings too; default false */
 };
 
 void soak_opts_init(struct soak_opts *o);

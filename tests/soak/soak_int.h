@@ -21,10 +21,16 @@ struct soak_slot {
 	pthread_mutex_t lock;      /* guards g and gen: held while the guest is verified, torn
 	                              down, created, or its regions change */
 	struct mvw_guest *g;       /* NULL between a teardown and a successful creation */
-	unsigned gen;
+	unsigned gen;              /* guests retired so far; changes under res_lock too */
 	_Atomic uint64_t resident; /* bytes of its RAM resident, at the last look */
 	uint64_t hint_end_ns;      /* a hint run is open until then (main thread only); 0 none */
 	uint64_t next_hint_ns;
+	/* Its guest's balloon and workload figures at the last look (main thread only):
+	 * counted while the slot is busy, until the guest's are added to the retired ones. */
+	struct mv_balloon_info last_info;
+	uint64_t last_ooms;
+	unsigned last_gen;
+	bool last_valid;
 };
 
 /* Something that must finish within the watchdog's limit. */
