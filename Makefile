@@ -69,7 +69,7 @@ help:
 	@echo "make            build library (.so, .a), memvirt.pc and the memvirt CLI into build/"
 	@echo "make deps       install missing Debian packages: $(DEBS)"
 	@echo "make test       build and run every test (TEST=name runs one binary)"
-	@echo "make soak       everything at once, every page verified, for SOAK_TIME s (default 1800; SOAK_SEED=1)"
+	@echo "make soak       everything at once, every page verified, SOAK_TIME s (default 1800), SOAK_SEED=1"
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
