@@ -56,14 +56,20 @@ TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 TEST_HELP := $(wildcard tests/common/*.c)
+# The soak (`make soak`): its core is linked by the soak binary and by its smoke test.
+SOAK_TIME ?= 1800
+SOAK_SEED ?= 1
+SOAK_SRC  := $(filter-out tests/soak/main.c tests/soak/test_%.c,$(wildcard tests/soak/*.c))
+SOAK_OBJ  := $(SOAK_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test run install uninstall clean help asan tsan check-exports headers check-freestanding
+.PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding
 all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/libmvguest.a $(B)/memvirt.pc $(B)/memvirt
 
 help:
 	@echo "make            build library (.so, .a), memvirt.pc and the memvirt CLI into build/"
 	@echo "make deps       install missing Debian packages: $(DEBS)"
 	@echo "make test       build and run every test (TEST=name runs one binary)"
+	@echo "make soak       everything at once, every page verified, SOAK_TIME s (default 1800), SOAK_SEED=1"
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
@@ -124,6 +130,15 @@ $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: $(B)/obj/bench/ksmct
 # test_journal also runs `memvirt restore`.
 $(B)/tests/tools/test_journal: $(B)/memvirt
 
+# The soak's smoke test runs its loop for 10 s.
+$(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)
+$(B)/tests/soak/test_soak_smoke: $(SOAK_OBJ)
+
+$(B)/tests-soak/soak: tests/soak/main.c $(SOAK_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(BASEFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(SOAK_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
+
 check-exports: $(B)/libmemvirt.so
 	@bad=$$(nm -D --defined-only $(B)/libmemvirt.so | awk '$$2 ~ /[TDBRW]/ {print $$3}' | grep -v '^mv_' | grep -vE '^(_init|_fini|_edata|_end|__bss_start)$$'); \
 	if [ -n "$$bad" ]; then echo "exported names without mv_ prefix: $$bad"; exit 1; fi; echo "  OK    exports are mv_ only"
@@ -144,6 +159,10 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
 	$(Q)$(MAKE) --no-print-directory check-exports $(if $(SAN),,check-freestanding) headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
+
+soak: deps
+	$(Q)$(MAKE) --no-print-directory all $(B)/tests-soak/soak
+	$(Q)SOAK_TIME=$(SOAK_TIME) SOAK_SEED=$(SOAK_SEED) $(B)/tests-soak/soak
 
 run: deps
 	$(Q)$(MAKE) --no-print-directory all
