@@ -26,6 +26,8 @@ struct chunk {
 	struct mv_node *tgt[MV_CHUNK_PAGES];
 	int last_merge;          /* index of the last page given a target, -1 = none */
 	unsigned wanted;         /* pages that needed a look this visit */
+	bool hold_broken;        /* a page went back by mremap: the holding area has a hole */
+	bool hold_stranded;      /* a page could not go back: the holding area keeps it */
 	unsigned seen_once, changing; /* pages looked at for the first time / found changed */
 	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp; /* counters */
 };

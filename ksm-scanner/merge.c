@@ -85,45 +85,8 @@ static void move_out(struct chunk *c, unsigned a, unsigned b)
 		drop(c, i);
 }
 
-/* Pages from a on (up to b) that have no mapping at all. */
-static unsigned hole_end(const struct chunk *c, unsigned a, unsigned b)
-{
-	unsigned e = a;
-	while (e < b && mv__vma_kind(page_addr(c, e), MV_PAGE_SIZE) == MV_VMA_HOLE)
-		e++;
-	return e;
-}
-
-/* A failed MAP_FIXED may have unmapped its target first (older kernels): then neither a
- * move nor a copy can put the pages back. Map fresh anonymous memory over the hole at a,
- * set up as the rest of the window (not inherited, registered in both modes), so that
- * they can. 0, or -ENOENT if there is no hole at a. */
-static int refill_hole(struct chunk *c, unsigned a, unsigned b)
-{
-	struct mv_host *h = c->ctx->h;
-	unsigned e = hole_end(c, a, b);
-	if (e == a)
-		return -ENOENT;
-	void *lo = page_addr(c, a);
-	size_t len = (size_t)(e - a) * MV_PAGE_SIZE;
-	int err = h->prim->map_anon_fixed(lo, len);
-	if (err)
-		return err;
-	mv__dontfork(h, lo, len);
-	err = h->prim->uffd_register(h->uffd, lo, len, MV_UFFD_WP | MV_UFFD_MISSING);
-	mv__log(h, MV_LOG_WARN, "vm %s slot %u: a failed mapping left a hole in guest RAM: "
-	        "%u pages mapped again%s", c->r->vm->name, c->r->slot, e - a,
-	        err ? " (but not registered)" : "");
-	return 0;
-}
-
-static bool no_mapping(long err)
-{
-	return err == -ENOENT || err == -EFAULT || err == -EINVAL;
-}
-
 /* Put page a back: moved (with the pages after it up to b, as many as can be), else
- * copied. Returns the pages put back, or -errno. */
+ * copied into its empty pte. Returns the pages put back, or -errno. */
 static long put_back_some(struct chunk *c, unsigned a, unsigned b)
 {
 	struct mv_host *h = c->ctx->h;
@@ -132,30 +95,40 @@ static long put_back_some(struct chunk *c, unsigned a, unsigned b)
 	if (moved > 0)
 		return moved / (long)MV_PAGE_SIZE;
 	int err = h->prim->uffd_copy(h->uffd, page_addr(c, a), held(c, a), MV_PAGE_SIZE);
-	if (!err || err == -EEXIST)
-		return 1;
-	return no_mapping(moved) && no_mapping(err) ? -ENOENT : err;
+	return err ? err : 1;
 }
 
-/* Put pages [a, b) back from the holding area into their empty ptes. A move cannot fail
- * there short of memory for a page table, or a hole where the guest's mapping was; the
- * content lives nowhere else, so a hole is mapped again and a failure retried, up to
- * PUT_BACK_TRIES times for one page. A page that still cannot go back is lost (the
- * guest reads zero there) and the error logged: the worker does not spin. */
-#define PUT_BACK_TRIES 10000
+/* The last resort for page a: move the holding area's page table entry itself over the
+ * guest's page with mremap, whatever is there (a hole left by a failed MAP_FIXED on
+ * older kernels, say). It needs no memory for a copy; the holding area is left with a
+ * hole and is made anew for the next window. The guest page becomes a mapping of its
+ * own (counted by the next VMA refresh). */
+static int put_back_by_remap(struct chunk *c, unsigned a)
+{
+	struct mv_host *h = c->ctx->h;
+	int err = h->prim->move_fixed(held(c, a), MV_PAGE_SIZE, page_addr(c, a));
+	if (err)
+		return err;
+	c->hold_broken = true;
+	mv__log(h, MV_LOG_WARN, "vm %s slot %u: a guest page was put back by mremap (the move "
+	        "and the copy failed)", c->r->vm->name, c->r->slot);
+	return 0;
+}
+
+/* Put pages [a, b) back from the holding area. The content lives nowhere else: a move,
+ * else a copy, else an mremap of the page itself, retried a bounded number of times. A
+ * page that still cannot go back stays in the holding area, which is then abandoned
+ * (not freed), and the error is logged: the worker does not spin. */
+#define PUT_BACK_TRIES 100
 static void put_back(struct chunk *c, unsigned a, unsigned b)
 {
 	struct mv_host *h = c->ctx->h;
 	unsigned tries = 0;
 	while (a < b) {
 		long n = put_back_some(c, a, b);
-		if (n > 0) {
-			a += (unsigned)n;
+		if (n > 0 || !(n = put_back_by_remap(c, a))) {
+			a += n > 0 ? (unsigned)n : 1;
 			tries = 0;
-			continue;
-		}
-		if (n == -ENOENT && !tries && !refill_hole(c, a, b)) {
-			tries++;
 			continue;
 		}
 		if (++tries < PUT_BACK_TRIES) {
@@ -163,7 +136,9 @@ static void put_back(struct chunk *c, unsigned a, unsigned b)
 			continue;
 		}
 		mv__log(h, MV_LOG_ERROR, "vm %s slot %u: a guest page could not be put back (%s): "
-		        "its content is lost", c->r->vm->name, c->r->slot, mv_strerror((int)n));
+		        "it is kept aside, the guest reads zero there", c->r->vm->name, c->r->slot,
+		        mv_strerror((int)n));
+		c->hold_stranded = true;
 		a++;
 		tries = 0;
 	}
@@ -445,54 +420,69 @@ fail:
 	return false;
 }
 
-/*
- * Close the window and wake every access that waited. Unregistering is the only way to
- * drop the missing-page mode, and it lifts every write protection of the chunk, so the
- * chunk is registered and protected again at once. A write that lands in the few
- * microseconds in between is not seen: that page keeps its old index entry until it is
- * written again, which can cost a share, never a wrong one (every replace compares the
- * moved copy). Hints are not given that benefit of the doubt: the chunk leaves them.
- */
-static void window_close(struct chunk *c)
+/* Drop the missing-page mode from the chunk and restore write tracking, after a window
+ * or a register that failed part way. false if tracking could not be restored. */
+static bool window_undo(struct chunk *c)
 {
 	struct mv_host *h = c->ctx->h;
-	struct mv_region *r = c->r;
 	uint8_t *base = page_addr(c, 0);
 	size_t len = (size_t)c->n * MV_PAGE_SIZE;
-	h->prim->uffd_unregister(h->uffd, base, len);
-	/* unregistering wakes only accesses waiting in mappings still registered: those in
-	 * a range a store mapping replaced need an explicit wake */
-	h->prim->uffd_wake(h->uffd, base, len);
-	mv__hint_forget(r, c->first, c->n);
-	if (h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP)) {
-		r->mergeable = false; /* (read by this worker only, under r->lock) */
-		mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes any more; its pages "
-		        "will not be merged", r->vm->name, r->slot);
-		return;
+	int err = 0;
+	for (int tries = 0; tries < 3; tries++) {
+		err = h->prim->uffd_unregister(h->uffd, base, len);
+		/* unregistering wakes only accesses waiting in mappings still registered: those
+		 * in a range a store mapping replaced need an explicit wake */
+		h->prim->uffd_wake(h->uffd, base, len);
+		if (!err && !(err = h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP)))
+			break;
 	}
-	mv__protect_where(c, keep_protected, 1);
+	mv__hint_forget(c->r, c->first, c->n);
+	if (!err)
+		return true;
+	c->r->mergeable = false; /* (read by this worker only, under r->lock) */
+	mv__log(h, MV_LOG_WARN, "vm %s slot %u: cannot track writes any more (%s); its pages "
+	        "will not be merged", c->r->vm->name, c->r->slot, mv_strerror(err));
+	return false;
 }
 
-/* Step 4: the replace window over the pages given an action (see the top of the file). */
+/* Step 4: the replace window over the pages given an action (see the top of the file).
+ * The window is open (accesses that wait are accounted to it) before the chunk takes
+ * the missing-page mode, and closed after it lost it. */
 void mv__replace(struct chunk *c)
 {
 	struct mv_host *h = c->ctx->h;
+	struct mv_scan_ctx *ctx = c->ctx;
 	uint8_t *base = page_addr(c, 0);
 	size_t len = (size_t)c->n * MV_PAGE_SIZE;
-	if (!hold_area(c->ctx) || h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP | MV_UFFD_MISSING)) {
+	if (!hold_area(ctx)) {
 		for (unsigned i = 0; i < c->n; i++)
 			drop(c, i);
 		return;
 	}
-	mv__gate_enter(h, c->ctx->worker, c->r->vm, base, len);
+	mv__gate_enter(h, ctx->worker, c->r->vm, base, len);
+	if (h->prim->uffd_register(h->uffd, base, len, MV_UFFD_WP | MV_UFFD_MISSING)) {
+		for (unsigned i = 0; i < c->n; i++)
+			drop(c, i);
+		if (window_undo(c)) /* (a register may fail part way, and take the mode) */
+			mv__protect_where(c, keep_protected, 1);
+		mv__gate_leave(h, ctx->worker);
+		return;
+	}
 	if (!map_chunk(c)) {
 		for_runs(c, acted, move_out);
 		verify(c);
 		release_zero(c);
 		map_runs(c);
 	}
-	struct iovec all = { c->ctx->hold, MV_CHUNK_SIZE };
-	h->prim->dontneed(&all, 1); /* the moved copies of released and merged pages */
-	window_close(c);
-	mv__gate_leave(h, c->ctx->worker);
+	if (c->hold_stranded) {
+		ctx->hold = NULL; /* abandoned with what it holds: never reused, never freed */
+	} else {
+		struct iovec all = { ctx->hold, MV_CHUNK_SIZE };
+		h->prim->dontneed(&all, 1); /* the moved copies of released and merged pages */
+		if (c->hold_broken)
+			mv__scan_ctx_fini(ctx); /* a page of it went back by mremap: make it anew */
+	}
+	if (window_undo(c))
+		mv__protect_where(c, keep_protected, 1);
+	mv__gate_leave(h, ctx->worker);
 }

@@ -196,11 +196,12 @@ int mv__region_discard(struct mv_host *h, struct mv_region *r, const struct mv_p
  * the start of the run the whole region is write-protected and every page marked
  * hint_clean. Paths that lift a page's protection (the scanner, releases) clear its mark.
  *
- * At completion, for each 2 MiB piece: the pages still hinted, marked and unwritten
- * (PAGEMAP_SCAN) get MADV_FREE, after which the kernel keeps any page written again. A
- * write between that look and MADV_FREE is seen by a second look (the page was
- * protected, so the write shows) and the page is dirtied again by us, as the write
- * would have. MADV_PAGEOUT then drops what is still clean, atomically against writers.
+ * At completion, for each 1 MiB piece: the pages still hinted, marked and unwritten
+ * (PAGEMAP_SCAN) are held (a reference each, so that reclaim cannot free them) and get
+ * MADV_FREE, after which the kernel keeps any page written again. A write between that
+ * look and MADV_FREE is seen by a second look (the page was protected, so the write
+ * shows) and the page is dirtied again by us, as the write would have. Then the pages
+ * are let go, and MADV_PAGEOUT drops what is still clean, atomically against writers.
  */
 void mv__hint_forget(struct mv_region *r, uint64_t first, uint64_t n)
 {
@@ -252,20 +253,25 @@ static bool hint_candidate(const struct mv_region *r, uint64_t k, uint8_t cat)
 	       !(cat & (MV_PAGE_IS_WRITTEN | MV_PAGE_IS_PFNZERO | MV_PAGE_IS_HUGE));
 }
 
-/* One 2 MiB piece [a, b) of a hint completion (r->lock held). */
+/* One piece [a, b) of a hint completion, at most MV_HOLD_PAGES pages (r->lock held).
+ * The candidates are held (referenced) from before MADV_FREE until each one written
+ * meanwhile is dirty again: reclaim cannot drop such a page in between. */
 static void hint_piece(struct release *x, uint64_t a, uint64_t b, uint64_t *released)
 {
 	struct mv_host *h = x->h;
 	struct mv_region *r = x->r;
-	uint8_t cat[MV_CHUNK_PAGES], again[MV_CHUNK_PAGES], cand[MV_CHUNK_PAGES] = { 0 };
+	uint8_t cat[MV_HOLD_PAGES], again[MV_HOLD_PAGES], cand[MV_HOLD_PAGES] = { 0 };
 	uint8_t *lo = r->hva + a * MV_PAGE_SIZE;
+	int held;
 	if (h->prim->page_categories(h->pagemap_fd, lo, b - a, cat))
 		return;
 	for (uint64_t k = a; k < b; k++)
 		if ((cand[k - a] = hint_candidate(r, k, cat[k - a])))
 			add_iov(x, k, k + 1);
-	if (!x->n)
+	if (!x->n || h->prim->hold(x->iov, x->n, &held)) {
+		x->n = 0;
 		return;
+	}
 	note(x, h->prim->lazyfree(x->iov, x->n));
 	x->n = 0;
 	if (h->prim->page_categories(h->pagemap_fd, lo, b - a, again))
@@ -278,6 +284,7 @@ static void hint_piece(struct release *x, uint64_t a, uint64_t b, uint64_t *rele
 		else
 			add_iov(x, k, k + 1);
 	}
+	h->prim->unhold(held);
 	if (x->n)
 		note(x, h->prim->pageout(x->iov, x->n));
 	x->n = 0;
@@ -295,8 +302,8 @@ int mv__region_hint_complete(struct mv_host *h, struct mv_region *r, uint64_t fi
 	if (x) {
 		*x = (struct release){ .h = h, .r = r };
 		pthread_mutex_lock(&r->lock);
-		for (uint64_t a = first; a < first + n; a += MV_CHUNK_PAGES)
-			hint_piece(x, a, a + MV_CHUNK_PAGES < first + n ? a + MV_CHUNK_PAGES : first + n, released);
+		for (uint64_t a = first; a < first + n; a += MV_HOLD_PAGES)
+			hint_piece(x, a, a + MV_HOLD_PAGES < first + n ? a + MV_HOLD_PAGES : first + n, released);
 		unquiet(r, first, first + n);
 		pthread_mutex_unlock(&r->lock);
 	}

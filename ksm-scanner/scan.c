@@ -64,6 +64,13 @@ static void set_sum(struct chunk *c, unsigned i, uint64_t hash)
 	page_of(c, i)->flags |= PF_SUM;
 }
 
+/* Pages left unmerged by the VMA budget are looked up again only while it has room:
+ * else every pass would open a window for them, to no end. */
+static bool vma_room(struct mv_host *h)
+{
+	return atomic_load(&h->c.v[MV_C_VMAS]) < atomic_load(&h->vma_limit);
+}
+
 /* Step 1: bring a page's state up to date with what the kernel reports. */
 static uint8_t refresh(struct chunk *c, unsigned i)
 {
@@ -89,7 +96,9 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 			p->state = PS_NEW;
 			return NEED_CONFIRM;
 		}
-		return rescan || (p->flags & PF_RETRY) ? NEED_LOOKUP : NEED_NO;
+		if (rescan)
+			return NEED_LOOKUP;
+		return p->flags & PF_RETRY && vma_room(c->ctx->h) ? NEED_LOOKUP : NEED_NO;
 	case PS_ZERO:
 		if (present && !(cat & MV_PAGE_IS_PFNZERO)) {
 			p->state = PS_NEW;
@@ -114,7 +123,7 @@ static uint8_t refresh(struct chunk *c, unsigned i)
 /*
  * Change write protection (wp = 1 protect, 0 lift) of the pages `which` selects, one
  * ioctl per stretch. A stretch may run over pages that stay protected anyway, to save
- * ioctls. Lifting it also ends any hint's claim on those pages.
+ * ioctls. Either way it ends any hint's claim on those pages.
  */
 void mv__protect_where(struct chunk *c, bool (*which)(const struct chunk *, unsigned), int wp)
 {
@@ -131,8 +140,10 @@ void mv__protect_where(struct chunk *c, bool (*which)(const struct chunk *, unsi
 				last = i;
 		i = last + 1;
 		h->prim->uffd_wp(h->uffd, page_addr(c, a), (size_t)(i - a) * MV_PAGE_SIZE, wp);
-		if (!wp)
-			mv__hint_forget(c->r, c->first + a, i - a);
+		/* Lifting protection hides later writes from a hint; setting it again erases
+		 * the trace of writes made since the hint run began. Either way the pages can
+		 * no longer be known unwritten. */
+		mv__hint_forget(c->r, c->first + a, i - a);
 	}
 }
 

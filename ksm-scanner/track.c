@@ -57,8 +57,11 @@ void mv__gate_leave(struct mv_host *h, unsigned worker)
 	mv__count_max(vm, MV_C_WAIT_MAX_NS, (int64_t)longest);
 }
 
-/* One access waiting on a missing page: note it for its window, or wake it if none is
- * open there any more (it raced with the close). */
+/* One access waiting on a missing page: note it for its window. Outside any window it
+ * raced with a close (its page is back: wake it), or the missing-page mode was left on
+ * by a window that could not drop it: the empty pte then gets the zero page, as any
+ * fresh anonymous page would read, so that the access does not fault for ever. Done
+ * under the gate lock: no window can start moving pages out of that chunk meanwhile. */
 static void note_fault(struct mv_host *h, uintptr_t addr)
 {
 	struct mv_batch_gate *g = &h->gate;
@@ -74,8 +77,10 @@ static void note_fault(struct mv_host *h, uintptr_t addr)
 		pthread_mutex_unlock(&g->lock);
 		return;
 	}
+	void *page = (void *)(addr & ~(MV_PAGE_SIZE - 1));
+	if (h->prim->uffd_zeropage(h->uffd, page, MV_PAGE_SIZE))
+		h->prim->uffd_wake(h->uffd, page, MV_PAGE_SIZE);
 	pthread_mutex_unlock(&g->lock);
-	h->prim->uffd_wake(h->uffd, (void *)(addr & ~(MV_PAGE_SIZE - 1)), MV_PAGE_SIZE);
 }
 
 static void *fault_main(void *arg)

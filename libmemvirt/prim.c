@@ -120,6 +120,32 @@ static int pageout(const struct iovec *iov, size_t n)
 	return advise(iov, n, MADV_PAGEOUT);
 }
 
+static int hold(const struct iovec *iov, size_t n, int *handle)
+{
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK))
+		return -errno;
+	size_t want = 0;
+	for (size_t i = 0; i < n; i++)
+		want += iov[i].iov_len;
+	int err = fcntl(fds[1], F_SETPIPE_SZ, (int)(MV_HOLD_PAGES * MV_PAGE_SIZE)) < 0 ? -errno : 0;
+	ssize_t r = err ? -1 : vmsplice(fds[1], iov, n, 0);
+	if (!err && (r < 0 || (size_t)r != want))
+		err = r < 0 ? -errno : -ENOSPC;
+	close(fds[1]);
+	if (err) {
+		close(fds[0]);
+		return err;
+	}
+	*handle = fds[0];
+	return 0;
+}
+
+static void unhold(int handle)
+{
+	close(handle);
+}
+
 static int map_anon_fixed(void *addr, size_t len)
 {
 	void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
@@ -178,6 +204,12 @@ static long uffd_move(int uffd, void *dst, void *src, size_t len)
 	return m.move > 0 ? (long)m.move : -errno;
 }
 
+static int uffd_zeropage(int uffd, void *addr, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { (uintptr_t)addr, len } };
+	return neg_errno(ioctl(uffd, UFFDIO_ZEROPAGE, &z));
+}
+
 static int uffd_copy(int uffd, void *dst, const void *src, size_t len)
 {
 	struct uffdio_copy c = { (uintptr_t)dst, (uintptr_t)src, len, 0, 0 };
@@ -233,6 +265,8 @@ const struct mv_prim mv__prim_linux = {
 	.dontneed = dontneed,
 	.lazyfree = lazyfree,
 	.pageout = pageout,
+	.hold = hold,
+	.unhold = unhold,
 	.map_anon_fixed = map_anon_fixed,
 	.dontfork = dontfork,
 	.remove = remove_range,
@@ -241,6 +275,7 @@ const struct mv_prim mv__prim_linux = {
 	.uffd_wake = uffd_wake,
 	.uffd_register = uffd_register,
 	.uffd_move = uffd_move,
+	.uffd_zeropage = uffd_zeropage,
 	.uffd_copy = uffd_copy,
 	.uffd_unregister = uffd_unregister,
 	.page_categories = page_categories,

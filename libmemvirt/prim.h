@@ -43,6 +43,11 @@ struct mv_prim {
 	 * this call. Then madvise(MADV_PAGEOUT): reclaim now what is still clean. */
 	int (*lazyfree)(const struct iovec *iov, size_t n);
 	int (*pageout)(const struct iovec *iov, size_t n);
+	/* Take a reference on each page of n ranges (at most MV_HOLD_PAGES pages in all), so
+	 * that reclaim cannot free them: vmsplice() into a pipe, *handle its read end. Then
+	 * unhold(handle) drops them. 0 only if every page is held. */
+	int (*hold)(const struct iovec *iov, size_t n, int *handle);
+	void (*unhold)(int handle);
 	/* mmap(addr, len, RW, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED): fresh zero pages. */
 	int (*map_anon_fixed)(void *addr, size_t len);
 	/* madvise(MADV_DONTFORK): a child of this process does not inherit [addr, addr+len)
@@ -65,6 +70,8 @@ struct mv_prim {
 	 * prefix; fewer than len when a page could not be moved: pinned, absent) or -errno
 	 * when none was. */
 	long (*uffd_move)(int uffd, void *dst, void *src, size_t len);
+	/* UFFDIO_ZEROPAGE: map the zero page at the empty ptes of [addr, addr+len) and wake. */
+	int (*uffd_zeropage)(int uffd, void *addr, size_t len);
 	/* UFFDIO_COPY: fill the empty ptes of [dst, dst+len) with a copy of src. */
 	int (*uffd_copy)(int uffd, void *dst, const void *src, size_t len);
 	int (*uffd_unregister)(int uffd, void *addr, size_t len);
@@ -78,6 +85,7 @@ struct mv_prim {
 
 extern const struct mv_prim mv__prim_linux;
 
+#define MV_HOLD_PAGES   256 /* 1 MiB: the pipe size anyone may set (fs.pipe-max-size) */
 #define MV_UFFD_WP      1u
 #define MV_UFFD_MISSING 2u
 

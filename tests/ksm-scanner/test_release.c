@@ -175,6 +175,23 @@ static void hint_claim_ends_when_the_scanner_releases(void **state)
 	assert_int_equal(f->mem[660 * TPAGE + 3], 0x6c);
 }
 
+/* A hinted page reused by the guest, then found stable and protected again by the
+ * scanner: protecting it erased the trace of the write, so its claim must be gone. */
+static void hint_claim_ends_when_the_scanner_protects_again(void **state)
+{
+	struct fixture *f = *state;
+	memset(f->mem + 670 * TPAGE, 0, TPAGE);
+	assert_int_equal(mv_host_scan(f->h, 3), 0); /* released as a zero page */
+	if (mv__region_hint_begin(f->h, f->r) == -ENOTSUP)
+		TU_SKIP("guest RAM writes cannot be tracked here");
+	assert_int_equal(mv__region_hint_arm(f->h, f->r, 512, 512), 0);
+	f->mem[670 * TPAGE + 5] = 0x6d;             /* reused after the hint */
+	assert_int_equal(mv_host_scan(f->h, 3), 0); /* seen, then stable: protected again */
+	uint64_t released = 0;
+	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
+	assert_int_equal(f->mem[670 * TPAGE + 5], 0x6d);
+}
+
 /* A guest that reuses hinted pages while the hint completes: every write made after the
  * hint was armed must be there afterwards. */
 struct writer {
@@ -477,6 +494,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(write_before_the_hint_is_read_survives, setup, teardown),
 		cmocka_unit_test_setup_teardown(hint_claim_ends_when_released_elsewhere, setup, teardown),
 		cmocka_unit_test_setup_teardown(hint_claim_ends_when_the_scanner_releases, setup, teardown),
+		cmocka_unit_test_setup_teardown(hint_claim_ends_when_the_scanner_protects_again, setup, teardown),
 		cmocka_unit_test_setup_teardown(failed_release_changes_nothing, setup, teardown),
 		cmocka_unit_test(re_added_store_memory_releases_to_zero),
 		cmocka_unit_test(private_file_pages_release_to_zero),
