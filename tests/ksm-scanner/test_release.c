@@ -118,11 +118,15 @@ static void hinted_pages_go_only_if_unwritten(void **state)
 	f->mem[700 * TPAGE + 1] = 0x42; /* reused by the guest after the hint */
 	uint64_t released = 0;
 	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
-	assert_int_equal(released, 511);
+	/* (MADV_PAGEOUT frees at once what it can isolate: a page still in another CPU's
+	 * LRU batch stays lazily freed, dropped when the kernel needs memory) */
+	assert_in_range(released, 480, 511);
 	assert_int_equal(f->mem[700 * TPAGE + 1], 0x42);
 	assert_false(page_is_zero(f->mem + 700 * TPAGE));
-	assert_true(page_is_zero(f->mem + 701 * TPAGE));
-	assert_true(tu_is_zero_pfn(f->mem + 701 * TPAGE));
+	unsigned gone = 0;
+	for (unsigned k = 512; k < 1024; k++)
+		gone += k != 700 && page_is_zero(f->mem + k * TPAGE) && tu_is_zero_pfn(f->mem + k * TPAGE);
+	assert_int_equal(gone, released);
 	assert_false(page_is_zero(f->mem + 1100 * TPAGE)); /* outside the hint */
 }
 
@@ -138,7 +142,7 @@ static void write_before_the_hint_is_read_survives(void **state)
 	uint64_t released = 0;
 	assert_int_equal(mv__region_hint_complete(f->h, f->r, 512, 512, &released), 0);
 	assert_int_equal(f->mem[600 * TPAGE + 9], 0x5a);
-	assert_int_equal(released, 511);
+	assert_in_range(released, 480, 511); /* (see hinted_pages_go_only_if_unwritten) */
 }
 
 /* A hinted page that another path gives back (a balloon release here) loses its claim:

@@ -448,6 +448,7 @@ static void re_added_memory_keeps_its_bytes(void **state)
 	assert_int_equal(mv_host_scan(h, 4), 0);
 	guest_check(&g);
 	guest_fini(&g);
+	guest_fini(&keep);
 	mv_host_free(h);
 }
 
