@@ -22,7 +22,7 @@ endif
 CFLAGS   ?= -O2 -g
 BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
-LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -pthread
+LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -lm -pthread
 SAN      ?=
 ifeq ($(SAN),asan)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
