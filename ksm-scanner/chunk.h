@@ -32,6 +32,15 @@ struct chunk {
 	int64_t scanned, volatile_pages, zero, merged, cow, left_vma, left_thp; /* counters */
 };
 
+static inline bool mv__is_zero(const void *page)
+{
+	const uint64_t *w = page;
+	uint64_t acc = 0;
+	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
+		acc |= w[i];
+	return !acc;
+}
+
 static inline uint8_t *page_addr(const struct chunk *c, unsigned i)
 {
 	return c->r->hva + (c->first + i) * MV_PAGE_SIZE;

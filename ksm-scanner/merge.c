@@ -18,15 +18,6 @@
 #include <string.h>
 #include <sys/uio.h>
 
-static bool is_zero(const void *page)
-{
-	const uint64_t *w = page;
-	uint64_t acc = 0;
-	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-		acc |= w[i];
-	return !acc;
-}
-
 static uint8_t *held(const struct chunk *c, unsigned i)
 {
 	return c->ctx->hold + (size_t)i * MV_PAGE_SIZE;
@@ -171,7 +162,7 @@ static bool acted(const struct chunk *c, unsigned i)
 static bool still_same(struct chunk *c, unsigned i)
 {
 	if (c->act[i] == ACT_ZERO)
-		return is_zero(held(c, i));
+		return mv__is_zero(held(c, i));
 	const struct mv_node *n = c->tgt[i];
 	return !memcmp(held(c, i), mv__store_page(c->d->stores[n->nid], n->slot), MV_PAGE_SIZE);
 }

@@ -49,15 +49,6 @@ uint64_t mv__hash_page(const struct mv_host *h, const void *page)
 	return XXH3_64bits_withSecret_dispatch(page, MV_PAGE_SIZE, h->secret, sizeof(h->secret));
 }
 
-static bool is_zero(const void *page)
-{
-	const uint64_t *w = page;
-	uint64_t acc = 0;
-	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i++)
-		acc |= w[i];
-	return !acc;
-}
-
 static void set_sum(struct chunk *c, unsigned i, uint64_t hash)
 {
 	c->r->sum[c->first + i] = (uint32_t)hash;
@@ -201,7 +192,7 @@ static void decide(struct chunk *c, unsigned i, uint64_t hash)
 	const uint8_t *addr = page_addr(c, i);
 
 	p->flags &= (uint8_t)~PF_RETRY;
-	if (hash == h->zero_hash && is_zero(addr)) {
+	if (hash == h->zero_hash && mv__is_zero(addr)) {
 		c->act[i] = ACT_ZERO;
 		return;
 	}
