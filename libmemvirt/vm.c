@@ -121,27 +121,21 @@ void mv__vm_release(struct mv_vm *vm)
 
 /* ---- the memory map ---- */
 
-/* Binary search of a map sorted by guest-physical (by_hva false) or host address. */
-static struct mv_region *region_search(struct mv_region_map *map, uint64_t addr, bool by_hva)
+/* Binary search of a map sorted by guest-physical address. */
+struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa)
 {
 	unsigned lo = 0, hi = map ? map->n : 0;
 	while (lo < hi) {
 		unsigned mid = (lo + hi) / 2;
 		struct mv_region *r = map->r[mid];
-		uint64_t start = by_hva ? (uintptr_t)r->hva : r->gpa;
-		if (addr < start)
+		if (gpa < r->gpa)
 			hi = mid;
-		else if (addr - start >= r->size)
+		else if (gpa - r->gpa >= r->size)
 			lo = mid + 1;
 		else
 			return r;
 	}
 	return NULL;
-}
-
-struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa)
-{
-	return region_search(map, gpa, false);
 }
 
 
