@@ -20,7 +20,7 @@ ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
-BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim $(WARN)
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim -Ibench -Itools $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
 LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -lm -pthread
 SAN      ?=

@@ -50,9 +50,9 @@ int bench_arg_uint(const char *opt, const char *s, uint64_t lo, uint64_t hi, uin
 	return 0;
 }
 
-/* A size with an optional unit (K, M, G, T, with or without "iB"; none = `unit`). */
-int bench_arg_size_mib(const char *opt, const char *s, double lo_mib, double hi_mib, double unit_mib,
-                       double *out_mib)
+/* A size with an optional unit (K, M, G, T, with or without "iB"; none = `unit_mib`),
+ * in MiB: 0, or -EINVAL without a message. */
+int bench_parse_size_mib(const char *s, double unit_mib, double *out_mib)
 {
 	static const struct { const char *name; double mib; } units[] = {
 		{ "", 0 }, { "k", 1.0 / 1024 }, { "kib", 1.0 / 1024 }, { "m", 1 }, { "mib", 1 },
@@ -62,12 +62,20 @@ int bench_arg_size_mib(const char *opt, const char *s, double lo_mib, double hi_
 	if (!parse_number(s, &v, &rest))
 		for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
 			if (!strcasecmp(rest, units[i].name)) {
-				double mib = v * (units[i].mib ? units[i].mib : unit_mib);
-				if (mib >= lo_mib && mib <= hi_mib) {
-					*out_mib = mib;
-					return 0;
-				}
+				*out_mib = v * (units[i].mib ? units[i].mib : unit_mib);
+				return 0;
 			}
+	return -EINVAL;
+}
+
+int bench_arg_size_mib(const char *opt, const char *s, double lo_mib, double hi_mib, double unit_mib,
+                       double *out_mib)
+{
+	double mib;
+	if (!bench_parse_size_mib(s, unit_mib, &mib) && mib >= lo_mib && mib <= hi_mib) {
+		*out_mib = mib;
+		return 0;
+	}
 	fprintf(stderr, "memvirt: %s wants a size from %.0f MiB to %.0f MiB (units K, M, G, T), "
 	        "not '%s'\n", opt, lo_mib, hi_mib, s ? s : "");
 	return -EINVAL;

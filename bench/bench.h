@@ -28,6 +28,7 @@ int bench_arg_double(const char *opt, const char *s, double lo, double hi, doubl
 int bench_arg_uint(const char *opt, const char *s, uint64_t lo, uint64_t hi, uint64_t *out);
 int bench_arg_size_mib(const char *opt, const char *s, double lo_mib, double hi_mib, double unit_mib,
                        double *out_mib);
+int bench_parse_size_mib(const char *s, double unit_mib, double *out_mib); /* silent */
 
 /* One guest's RAM as a benchmark builds it. */
 struct bench_guest {
@@ -64,6 +65,7 @@ int density_main(int argc, char **argv);
  * kernel settings calls first: it applies a restore journal left behind (one line on stderr
  * if it did); -1 after a line on stderr when the journal is refused or another run holds it. */
 int restore_main(int argc, char **argv);
+int balloon_backend_main(int argc, char **argv);
 int bench_settings_recover(const char *who);
 
 #endif

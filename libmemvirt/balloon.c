@@ -125,7 +125,8 @@ static void reset(struct mv_balloon *b)
 	rcu_read_unlock();
 	for (unsigned q = 0; q < MV_BL_NQ; q++)
 		mv__vq_disable(&b->vq[q]);
-	mv__bl_pfns_drop(b);
+	mv__bl_pfns_drop(b, true);
+	mv__bl_pfns_drop(b, false);
 	b->features = 0;
 	b->features_valid = false;
 	b->status = 0;
@@ -200,9 +201,46 @@ int mv__bl_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_s
 		return 0;
 	}
 	rcu_read_lock();
-	int err = mv__vq_enable(&b->vq[q], rcu_dereference(b->vm->map), s, b->cfg.queue_max);
+	int err = mv__vq_enable(&b->vq[q], rcu_dereference(b->vm->map), s, b->cfg.queue_max, 0);
 	rcu_read_unlock();
 	return err;
+}
+
+/* The request of a stopped ring is taken again from its start when the ring resumes. */
+static void queue_forget(struct mv_balloon *b, unsigned q)
+{
+	if (b->role[q] == BL_INFLATE || b->role[q] == BL_DEFLATE)
+		mv__bl_pfns_drop(b, b->role[q] == BL_INFLATE);
+	if (b->role[q] == BL_STATS)
+		b->stats_held = false;
+	mv__vq_disable(&b->vq[q]);
+}
+
+int mv__bl_queue_start(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *s, uint16_t base)
+{
+	if (q >= b->nr_vq || !s)
+		return -EINVAL;
+	if ((b->status & (MV_VS_FEATURES_OK | MV_VS_NEEDS_RESET | MV_VS_FAILED)) != MV_VS_FEATURES_OK ||
+	    b->vq[q].ready)
+		return -EBUSY;
+	queue_forget(b, q);
+	rcu_read_lock();
+	int err = mv__vq_enable(&b->vq[q], rcu_dereference(b->vm->map), s, b->cfg.queue_max, base);
+	rcu_read_unlock();
+	if (!err && live(b))
+		mv__bl_queue_notify(b, q); /* what was queued while it was stopped */
+	return err;
+}
+
+int mv__bl_queue_stop(struct mv_balloon *b, unsigned q, uint16_t *base)
+{
+	if (q >= b->nr_vq)
+		return -EINVAL;
+	*base = b->vq[q].ready ? mv__vq_resume_index(&b->vq[q]) : 0;
+	if (b->vq[q].ready && b->role[q] == BL_STATS && b->stats_held)
+		(*base)--; /* the stats buffer kept by the device: the driver gets it back */
+	queue_forget(b, q);
+	return 0;
 }
 
 /* ---- config space ---- */

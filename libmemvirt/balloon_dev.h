@@ -117,6 +117,14 @@ int mv__bl_config_read(struct mv_balloon *b, unsigned off, void *buf, unsigned l
 int mv__bl_config_write(struct mv_balloon *b, unsigned off, const void *buf, unsigned len);
 int mv__bl_queue_setup(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *s);
 int mv__bl_queue_notify(struct mv_balloon *b, unsigned q);
+/* vhost-user: a frontend starts a ring at avail index `base` after FEATURES_OK, and may
+ * stop it and start it again while the device runs (the queue is then not ready in
+ * between; *base gets the index to resume from: a request cut short is taken again).
+ * -EINVAL (bad queue or setup), -EBUSY (before FEATURES_OK, after NEEDS_RESET or FAILED,
+ * or the queue is running). */
+int mv__bl_queue_start(struct mv_balloon *b, unsigned q, const struct mv_virtq_setup *s,
+                       uint16_t base);
+int mv__bl_queue_stop(struct mv_balloon *b, unsigned q, uint16_t *base);
 
 /* balloon_mem.c; callers hold b->lock and rcu_read_lock(), map is the VM's. The request
  * handlers take their work from *budget (PFNs or pages, at least 1 per buffer); pfns
@@ -126,7 +134,7 @@ int mv__bl_mem_init(struct mv_balloon *b);
 void mv__bl_mem_free(struct mv_balloon *b);
 bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
                  bool inflate, uint64_t *budget);
-void mv__bl_pfns_drop(struct mv_balloon *b);
+void mv__bl_pfns_drop(struct mv_balloon *b, bool inflate);
 void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
                    uint64_t *budget);
 void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,

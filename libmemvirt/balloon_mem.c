@@ -203,11 +203,11 @@ static void rv_flush(struct mv_balloon *b)
 	uint64_t pages = 0;
 	for (size_t i = 0; i < b->rv_n; i++)
 		pages += b->rv[i].n;
-	int err = mv__region_discard(b->h, b->rv_r, b->rv, b->rv_n);
+	int err = b->cfg.no_release ? 0 : mv__region_discard(b->h, b->rv_r, b->rv, b->rv_n);
 	if (err)
 		mv__log(b->h, MV_LOG_WARN, "vm %s balloon: releasing %llu pages failed (%s)",
 		        b->vm->name, (unsigned long long)pages, mv_strerror(err));
-	else
+	else if (!b->cfg.no_release)
 		b->released += pages * MV_PAGE_SIZE;
 	b->rv_n = 0;
 	b->rv_r = NULL;
@@ -416,11 +416,12 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
 	return true;
 }
 
-/* Forget requests in progress (their chains went with a reset). */
-void mv__bl_pfns_drop(struct mv_balloon *b)
+/* Forget the request in progress on inflateq or deflateq (its chain went with a reset
+ * or a stopped ring). */
+void mv__bl_pfns_drop(struct mv_balloon *b, bool inflate)
 {
-	for (unsigned i = 0; i < 2; i++)
-		b->pq[i].buf = b->pq[i].n = b->pq[i].at = 0;
+	struct mv_bl_pfnq *w = &b->pq[!inflate];
+	w->buf = w->n = w->at = 0;
 }
 
 /* Take the pages of a buffer from the budget, at least 1. */
@@ -491,6 +492,10 @@ static struct mv_region *hint_region(struct mv_region_map *map, const struct mv_
 
 void mv__bl_hint_complete(struct mv_balloon *b, struct mv_region_map *map)
 {
+	if (b->cfg.no_release) {
+		mv__bl_hint_forget(b, map);
+		return;
+	}
 	for (unsigned i = 0; i < b->n_armed; i++) {
 		uint64_t first, released = 0;
 		struct mv_region *r = hint_region(map, &b->armed[i], &first);

@@ -72,7 +72,7 @@ bool mv__guest_read(struct mv_region_map *map, uint64_t gpa, void *dst, uint64_t
 }
 
 int mv__vq_enable(struct mv_vq *vq, struct mv_region_map *map, const struct mv_virtq_setup *s,
-                  unsigned queue_max)
+                  unsigned queue_max, uint16_t base)
 {
 	unsigned num = s->num;
 	if (!num || num > queue_max || (num & (num - 1)))
@@ -88,8 +88,14 @@ int mv__vq_enable(struct mv_vq *vq, struct mv_region_map *map, const struct mv_v
 		return -ENOMEM;
 	mv__vq_disable(vq);
 	*vq = (struct mv_vq){ .ready = true, .num = (uint16_t)num, .desc = s->desc,
-	                      .avail = s->avail, .used = s->used, .bufs = bufs };
+	                      .avail = s->avail, .used = s->used, .last_avail = base,
+	                      .used_idx = base, .bufs = bufs };
 	return 0;
+}
+
+uint16_t mv__vq_resume_index(const struct mv_vq *vq)
+{
+	return (uint16_t)(vq->last_avail - vq->held);
 }
 
 void mv__vq_disable(struct mv_vq *vq)

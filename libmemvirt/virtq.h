@@ -53,9 +53,12 @@ void *mv__guest_ptr(struct mv_region_map *map, uint64_t gpa, uint64_t len, struc
 bool mv__guest_read(struct mv_region_map *map, uint64_t gpa, void *dst, uint64_t len);
 
 /* Check a ring setup (size, alignment, rings inside RAM) and enable the queue with it,
- * indexes at 0. -EINVAL (queue unchanged), -ENOMEM. Call with rcu_read_lock(). */
+ * both indexes at `base` (0 for a new ring; a vhost-user frontend resumes a ring where
+ * it stopped). -EINVAL (queue unchanged), -ENOMEM. Call with rcu_read_lock(). */
 int mv__vq_enable(struct mv_vq *vq, struct mv_region_map *map, const struct mv_virtq_setup *s,
-                  unsigned queue_max);
+                  unsigned queue_max, uint16_t base);
+/* The avail index to resume from after mv__vq_disable(): a held chain is taken again. */
+uint16_t mv__vq_resume_index(const struct mv_vq *vq);
 void mv__vq_disable(struct mv_vq *vq);
 
 /* Start a round of work: map the rings, read avail idx once. -EFAULT (rings no longer in

@@ -16,6 +16,8 @@ static void usage(FILE *f)
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
 	        "  bench guest [--ws LIST] [--no-ksm] [--json]      what each engine costs a running guest\n"
+	        "  balloon-backend --socket PATH [--control PATH]   the balloon device as a vhost-user\n"
+	        "                                                   backend (crosvm, cloud-hypervisor, UML)\n"
 	        "  restore                                          put back kernel settings a run that\n"
 	        "                                                   was killed left changed (journal)\n"
 	        "  version                                          library version\n"
@@ -60,6 +62,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "density"))
 		return density_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "balloon-backend"))
+		return balloon_backend_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "restore"))
 		return restore_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "explain"))

@@ -66,6 +66,9 @@ struct mv_balloon_config {
 	uint64_t features;     /* MV_BALLOON_F_* bits offered (as a mask); default all six */
 	unsigned queue_max;    /* QueueNumMax of every queue, a power of 2 <= 32768; default 1024 */
 	bool prefault_deflate; /* populate deflated pages at once; default false (on demand) */
+	bool no_release;       /* keep every page: inflated, reported and hinted pages are
+	                          counted and acknowledged but never released (the transport's
+	                          own limit, for benchmarks); default false */
 	uint64_t stall_ns;     /* no progress towards the target for this long = stalled;
 	                          default 5 s; 0 = never report a stall */
 	const struct mv_balloon_ops *ops; /* required; copied */

@@ -34,5 +34,6 @@ const char *mv_version(void);
 #include <memvirt/host.h>
 #include <memvirt/vm.h>
 #include <memvirt/policy.h>
+#include <memvirt/vhost_user.h>
 
 #endif

@@ -1,0 +1,92 @@
+/* vhost_user_int.h - private state of the vhost-user backend, shared by its connection
+ * (vhost_user.c) and its memory table (vhost_user_mem.c). */
+#ifndef MV_VHOST_USER_INT_H
+#define MV_VHOST_USER_INT_H
+
+#include <memvirt/vhost_user.h>
+
+#include "balloon_dev.h"
+
+#define VU_MAX_REGIONS 8          /* VHOST_MEMORY_BASELINE_NREGIONS */
+#define VU_MAX_FDS     8          /* per message */
+#define VU_CONFIG_MAX  256        /* config-space bytes a GET/SET_CONFIG may name */
+
+/* The wire (native byte order, as the protocol says). */
+struct vu_hdr {
+	uint32_t request, flags, size;
+};
+
+struct vu_state { uint32_t index, num; };
+struct vu_addr { uint32_t index, flags; uint64_t desc, used, avail, log; };
+struct vu_region { uint64_t gpa, size, uaddr, offset; };
+struct vu_mem { uint32_t n, padding; struct vu_region r[VU_MAX_REGIONS]; };
+struct vu_cfg { uint32_t offset, size, flags; uint8_t data[VU_CONFIG_MAX]; };
+
+union vu_payload {
+	uint64_t u64;
+	struct vu_state state;
+	struct vu_addr addr;
+	struct vu_mem mem;
+	struct vu_cfg cfg;
+	uint8_t raw[512];
+};
+
+/* One region of the frontend's memory, mapped here. */
+struct vu_mreg {
+	uint64_t gpa, size, uaddr;    /* as the frontend gave them */
+	uint8_t *map;                 /* MAP_SHARED of the file from offset, size bytes */
+	int fd;
+};
+
+/* What the frontend set up for one ring; handed to the device when it is complete. */
+struct vu_queue {
+	bool has_num, has_addr, has_kick;
+	bool enabled;                 /* SET_VRING_ENABLE (on from the start without
+	                                 VHOST_USER_F_PROTOCOL_FEATURES) */
+	bool started;                 /* given to the device and not stopped since */
+	uint16_t num, base;
+	uint64_t desc, avail, used;   /* guest-physical, translated from frontend addresses */
+	int kick, call;               /* -1: none (in-band, or not given) */
+};
+
+struct mv_vhost_user {
+	pthread_mutex_t lock;         /* dispatch against info: everything below but fds */
+	pthread_mutex_t fd_lock;      /* call fds and the backend channel: the device's
+	                                 interrupt hook takes it under the device mutex */
+	struct mv_vm *vm;
+	struct mv_balloon *b;
+	struct mv_vhost_user_config cfg;
+	struct mv_balloon_ops user_ops; /* the caller's, for now_ns */
+	int sock, ep, wake;           /* the connection, the epoll set, work-left eventfd */
+	int backend;                  /* backend channel (SET_BACKEND_REQ_FD), -1 if none */
+
+	/* receiving: a message is taken in pieces as it arrives */
+	struct vu_hdr hdr;
+	union vu_payload pl;
+	size_t got;                   /* bytes of header + payload received */
+	int fds[VU_MAX_FDS];
+	unsigned nfds;
+	bool too_many_fds;
+
+	uint64_t features;            /* acked with SET_FEATURES, bit 30 included */
+	bool features_set;
+	uint64_t protocol;            /* acked protocol features */
+	bool running;                 /* DRIVER_OK given to the device */
+	struct vu_queue q[MV_BL_NQ];
+	struct vu_mreg mem[VU_MAX_REGIONS];
+	unsigned nmem;
+	uint32_t more;                /* bit per queue with work left */
+
+	uint64_t messages, bad_messages, kicks, calls;
+};
+
+/* vhost_user_mem.c; caller holds vu->lock. */
+int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *m, uint32_t size,
+                   const int *fds, unsigned nfds);
+void mv__vu_mem_clear(struct mv_vhost_user *vu);
+/* Guest-physical address of frontend address [ua, ua + len), which must lie in one
+ * region; false if it does not. */
+bool mv__vu_mem_gpa(const struct mv_vhost_user *vu, uint64_t ua, uint64_t len, uint64_t *gpa);
+uint64_t mv__vu_mem_file_bytes(const struct mv_vhost_user *vu);
+
+#endif

@@ -1,0 +1,108 @@
+/* balloon_backend.c - `memvirt balloon-backend`: memvirt's virtio-balloon device as a
+ * vhost-user backend, for crosvm, cloud-hypervisor or user-mode Linux. */
+#include "bench.h"
+#include "vu_serve.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: memvirt balloon-backend --socket PATH [options]\n\n"
+	        "Listen on PATH and serve one virtio-balloon device per vhost-user connection.\n"
+	        "  --socket PATH        vhost-user socket (a stale socket file is replaced)\n"
+	        "  --control PATH       control socket: one command per line, a JSON line back:\n"
+	        "                         target [ID] SIZE   balloon target (units K, M, G)\n"
+	        "                         info               every connection's state\n"
+	        "                         stats [ID]         ask the guest for fresh statistics\n"
+	        "                         hint start|stop [ID]  free page hint run\n"
+	        "                       (e.g. echo 'target 512M' | socat - UNIX-CONNECT:PATH)\n"
+	        "  --target SIZE        target for every new connection (default 0)\n"
+	        "  --log-ms N           a JSON info line per connection every N ms (default 1000; 0 off)\n"
+	        "  --max-conns N        connections served at once (default 8)\n"
+	        "  --inband             offer in-band notifications\n"
+	        "  --no-release         acknowledge pages but release none (transport baseline)\n"
+	        "Examples: cloud-hypervisor ... --generic-vhost-user socket=PATH,virtio_id=5,queue_sizes=[256,256,256,256,256]\n"
+	        "          linux.uml mem=512M ... virtio_uml.device=PATH:5\n"
+	        "Runs until SIGINT or SIGTERM.\n");
+}
+
+static int parse(int argc, char **argv, struct vu_serve_opts *o)
+{
+	static const struct option lo[] = {
+		{ "socket", 1, 0, 's' }, { "control", 1, 0, 'c' }, { "target", 1, 0, 't' },
+		{ "target-mib", 1, 0, 'T' }, { "log-ms", 1, 0, 'l' }, { "max-conns", 1, 0, 'm' },
+		{ "inband", 0, 0, 'i' }, { "no-release", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { 0 } };
+	int c;
+	double mib;
+	uint64_t v;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 's': o->socket = optarg; break;
+		case 'c': o->control = optarg; break;
+		case 't': case 'T':
+			if (bench_arg_size_mib(c == 't' ? "--target" : "--target-mib", optarg, 0, 1 << 24, 1, &mib))
+				return 2;
+			o->target_bytes = (uint64_t)(mib * 1048576.0);
+			break;
+		case 'l':
+			if (bench_arg_uint("--log-ms", optarg, 0, 3600000, &v))
+				return 2;
+			o->log_every_ms = (unsigned)v;
+			break;
+		case 'm':
+			if (bench_arg_uint("--max-conns", optarg, 1, 64, &v))
+				return 2;
+			o->max_conns = (unsigned)v;
+			break;
+		case 'i': o->inband = true; break;
+		case 'n': o->no_release = true; break;
+		case 'h': usage(stdout); return 1;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc || !o->socket) {
+		fprintf(stderr, "memvirt balloon-backend: %s\n", optind != argc ? "unexpected argument" : "--socket PATH is required");
+		return 2;
+	}
+	return 0;
+}
+
+int balloon_backend_main(int argc, char **argv)
+{
+	struct vu_serve_opts o = { .log_every_ms = 1000, .log = stdout };
+	int r = parse(argc, argv, &o);
+	if (r)
+		return r == 1 ? 0 : r;
+	sigset_t ss;
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGINT);
+	sigaddset(&ss, SIGTERM);
+	sigprocmask(SIG_BLOCK, &ss, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int stop = signalfd(-1, &ss, SFD_CLOEXEC);
+	struct mv_host *h = NULL;
+	int err = stop < 0 ? -errno : mv_host_new(NULL, &h);
+	struct vu_serve *s = NULL;
+	if (!err)
+		err = vu_serve_new(h, &o, &s);
+	if (err) {
+		fprintf(stderr, "memvirt balloon-backend: %s: %s\n", o.socket, mv_strerror(err));
+		mv_host_free(h);
+		return 1;
+	}
+	fprintf(stdout, "memvirt: balloon backend listening on %s%s%s\n", o.socket,
+	        o.control ? ", control on " : "", o.control ? o.control : "");
+	fflush(stdout);
+	err = vu_serve_run(s, stop);
+	vu_serve_free(s);
+	mv_host_free(h);
+	close(stop);
+	return err ? 1 : 0;
+}
