@@ -26,6 +26,9 @@ static void usage(FILE *f)
 	        "  --target SIZE        target for every new connection (default 0)\n"
 	        "  --log-ms N           a JSON info line per connection every N ms (default 1000; 0 off)\n"
 	        "  --max-conns N        connections served at once (default 8)\n"
+	        "  --features LIST      balloon features offered, comma-separated (default all):\n"
+	        "                       tell-host,stats,deflate-on-oom,free-page-hint,page-poison,\n"
+	        "                       page-reporting\n"
 	        "  --inband             offer in-band notifications\n"
 	        "  --no-release         acknowledge pages but release none (transport baseline)\n"
 	        "Examples: cloud-hypervisor ... --generic-vhost-user socket=PATH,virtio_id=5,queue_sizes=[256,256,256,256,256]\n"
@@ -33,12 +36,37 @@ static void usage(FILE *f)
 	        "Runs until SIGINT or SIGTERM.\n");
 }
 
+/* A comma-separated list of feature names: the mask, or 0 after a message. */
+static uint64_t parse_features(const char *list)
+{
+	static const char *const names[] = { "tell-host", "stats", "deflate-on-oom",
+	                                      "free-page-hint", "page-poison", "page-reporting" };
+	char buf[256], *save = NULL;
+	uint64_t mask = 0;
+	snprintf(buf, sizeof(buf), "%s", list);
+	for (char *w = strtok_r(buf, ",", &save); w; w = strtok_r(NULL, ",", &save)) {
+		unsigned i = 0;
+		while (i < 6 && strcmp(w, names[i]))
+			i++;
+		if (i == 6) {
+			fprintf(stderr, "memvirt balloon-backend: --features: unknown feature '%s' "
+			        "(tell-host, stats, deflate-on-oom, free-page-hint, page-poison, "
+			        "page-reporting)\n", w);
+			return 0;
+		}
+		mask |= 1ull << i;
+	}
+	if (!mask)
+		fprintf(stderr, "memvirt balloon-backend: --features wants at least one feature\n");
+	return mask;
+}
+
 static int parse(int argc, char **argv, struct vu_serve_opts *o)
 {
 	static const struct option lo[] = {
 		{ "socket", 1, 0, 's' }, { "control", 1, 0, 'c' }, { "target", 1, 0, 't' },
 		{ "target-mib", 1, 0, 'T' }, { "log-ms", 1, 0, 'l' }, { "max-conns", 1, 0, 'm' },
-		{ "inband", 0, 0, 'i' }, { "no-release", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { 0 } };
+		{ "features", 1, 0, 'f' }, { "inband", 0, 0, 'i' }, { "no-release", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { 0 } };
 	int c;
 	double mib;
 	uint64_t v;
@@ -60,6 +88,10 @@ static int parse(int argc, char **argv, struct vu_serve_opts *o)
 			if (bench_arg_uint("--max-conns", optarg, 1, 64, &v))
 				return 2;
 			o->max_conns = (unsigned)v;
+			break;
+		case 'f':
+			if (!(o->features = parse_features(optarg)))
+				return 2;
 			break;
 		case 'i': o->inband = true; break;
 		case 'n': o->no_release = true; break;

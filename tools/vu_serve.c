@@ -108,6 +108,8 @@ static void accept_conn(struct vu_serve *s)
 	struct mv_vhost_user_config cfg;
 	mv_vhost_user_config_init(&cfg);
 	cfg.balloon.no_release = s->o.no_release;
+	if (s->o.features)
+		cfg.balloon.features = s->o.features;
 	cfg.inband_notifications = s->o.inband;
 	if (!err && (err = mv_vhost_user_new(c->vm, fd, &cfg, &c->vu)))
 		mv_vm_free(c->vm);

@@ -15,6 +15,7 @@ struct vu_serve_opts {
 	const char *socket;        /* listen here (a stale socket file is replaced) */
 	const char *control;       /* NULL: no control socket */
 	uint64_t target_bytes;     /* asked of every new connection once its memory is known */
+	uint64_t features;         /* MV_BALLOON_F_* mask offered; 0: all */
 	bool no_release;           /* the device keeps every page (transport-limit baseline) */
 	bool inband;               /* offer in-band notifications */
 	unsigned max_conns;        /* 0: 8 */
