@@ -380,10 +380,10 @@ int mv__bl_queue_notify(struct mv_balloon *b, unsigned q)
 			mv__vq_hold(vq, &c);
 	}
 	bool more = !err && mv__vq_pending(vq);
-	bool irq = mv__vq_end(vq);
-	rcu_read_unlock();
-	if (irq)
+	if (mv__vq_end(vq))
 		mv__bl_raise(b, (int)q);
+	mv__bl_release_pending(b); /* after the answer: see mv__bl_pfns() */
+	rcu_read_unlock();
 	if (err < 0) {
 		needs_reset(b, err == -EFAULT ? "a ring left guest RAM: device needs reset"
 		                                : "malformed ring: device needs reset");

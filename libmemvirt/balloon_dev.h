@@ -135,6 +135,8 @@ void mv__bl_mem_free(struct mv_balloon *b);
 bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
                  bool inflate, uint64_t *budget);
 void mv__bl_pfns_drop(struct mv_balloon *b, bool inflate);
+/* Release what inflate requests left pending (their answers went out first). */
+void mv__bl_release_pending(struct mv_balloon *b);
 void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
                    uint64_t *budget);
 void mv__bl_hint(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,

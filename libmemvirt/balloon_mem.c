@@ -184,8 +184,8 @@ static bool bits_all(_Atomic uint64_t *map, uint64_t lo, uint64_t hi, bool set)
 static int blk_state(struct mv_balloon *b, struct mv_region *r, struct mv_bl_region *br,
                      uint64_t c, uint64_t k)
 {
-	if (!br || c >= br->n || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
-		return BLK_SMALL;
+	if (!br || c >= br->n || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)) || r->shared)
+		return BLK_SMALL; /* shared memory: a hole punched in its file splits a huge page */
 	if (br->blk[c] == BLK_UNKNOWN) {
 		uint8_t cat = 0;
 		int err = b->h->prim->page_categories(b->h->pagemap_fd, r->hva + k * MV_PAGE_SIZE, 1, &cat);
@@ -409,11 +409,20 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
 			w->n = w->at = 0;
 		}
 	}
-	rv_flush(b); /* nothing of the map is kept past the caller's read-side section */
+	/* Inflated pages are released after the request is answered when the guest must tell
+	 * before it reuses them (mv__bl_release_pending(), still inside the caller's read-side
+	 * section): the driver prepares its next request meanwhile. Otherwise now. */
+	if (!inflate || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
+		rv_flush(b);
 	if (w->buf < c->n)
 		return false;
 	w->buf = 0;
 	return true;
+}
+
+void mv__bl_release_pending(struct mv_balloon *b)
+{
+	rv_flush(b);
 }
 
 /* Forget the request in progress on inflateq or deflateq (its chain went with a reset
