@@ -46,11 +46,14 @@ static void pattern(uint64_t *w, size_t words, uint64_t seed, uint64_t first)
 		w[i] = word(seed, first + i);
 }
 
-/* Map and fill mib MiB; the checksum goes to *sum. NULL when out of memory. */
+/* Map and fill mib MiB; the checksum goes to *sum. NULL when out of memory. Not reserved:
+ * more than the guest has can be asked for, and touching it is what presses the guest
+ * (reclaim, a balloon's deflate-on-OOM, or the OOM killer). */
 static uint64_t *fill(size_t mib, uint64_t seed, uint64_t *sum)
 {
 	struct csum c = { 0xcbf29ce484222325ull, 0 };
-	uint64_t *m = mmap(NULL, mib * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t *m = mmap(NULL, mib * MIB, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m == MAP_FAILED)
 		return NULL;
 	pattern(m, mib * MIB / 8, seed, 0);

@@ -43,6 +43,7 @@
 #define GRACE_MS    3000            /* beyond a command's timeout, for the guest to report it */
 #define REAP_MS     5000            /* for the namespace to die after its init is killed */
 #define MAX_ARGS    64
+#define DRAIN_MAX   256             /* reads of left-over output before a command */
 
 struct sink {                 /* where console output goes */
 	char *buf;
@@ -224,11 +225,16 @@ static int wait_line(struct mv_uml *g, const char *want, struct sink *s, int64_t
 	}
 }
 
-/* Drop what the guest printed between commands (it goes to the diagnostic tail only). */
+/* Drop what the guest printed between commands (it goes to the diagnostic tail only);
+ * at most DRAIN_MAX reads, for a background job that prints for ever. */
 static void drain(struct mv_uml *g)
 {
-	while (scan(g, NULL) || fill(g, 0) == 0)
-		;
+	for (int reads = 0; reads < DRAIN_MAX; reads++) {
+		while (scan(g, NULL))
+			;
+		if (fill(g, 0))
+			return;
+	}
 }
 
 static int send_all(struct mv_uml *g, const char *buf, size_t len, int64_t deadline)
@@ -465,8 +471,10 @@ static int check_opts(const struct mv_uml_opts *o)
 		return diag(o, NULL, "%s: no init or bin/busybox (run make)", root), -ENOENT;
 	if (!sock)
 		return 0;
-	if (stat(sock, &st))
-		return diag(o, NULL, "balloon socket %s: %s", sock, strerror(errno)), -errno;
+	if (stat(sock, &st)) {
+		int err = errno;
+		return diag(o, NULL, "balloon socket %s: %s", sock, strerror(err)), -err;
+	}
 	if (!S_ISSOCK(st.st_mode))
 		return diag(o, NULL, "balloon socket %s: not a socket", sock), -ENOTSOCK;
 	if (unix_listening(sock))
@@ -519,7 +527,7 @@ static int boot(struct mv_uml *g, const struct mv_uml_opts *o)
 
 int mv_uml_start(const struct mv_uml_opts *opts, struct mv_uml **out)
 {
-	struct mv_uml_opts o = *opts;
+	struct mv_uml_opts o = opts ? *opts : (struct mv_uml_opts){ 0 };
 	const char *tmp = getenv("TMPDIR");
 	int r;
 	*out = NULL;

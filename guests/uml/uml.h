@@ -39,8 +39,9 @@ struct mv_uml_opts {
 const char *mv_uml_unavailable(void);
 
 /*
- * Boot a guest and wait for its init's ready line. On success *out owns the guest: release it
- * with mv_uml_kill(). Returns 0 or -errno: -ENOENT (no kernel, root or socket), -ENOTSOCK,
+ * Boot a guest and wait for its init's ready line (o NULL: defaults). On success *out owns
+ * the guest: release it with mv_uml_kill(). The guest dies with the calling thread.
+ * Returns 0 or -errno: -ENOENT (no kernel, root or socket), -ENOTSOCK,
  * -ECONNREFUSED (nothing listens on balloon_socket, checked before booting; a backend that
  * accepts but never answers blocks the boot and shows as -ETIMEDOUT), -ENODEV (the balloon
  * did not bind), -EIO (the guest died while booting), -ETIMEDOUT, -EINVAL.
