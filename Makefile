@@ -13,14 +13,16 @@ VERSION := $(shell sed -n 's/^\#define MV_VERSION_STRING "\(.*\)"/\1/p' include/
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
-DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox
+DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox \
+            user-mode-linux busybox-static
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
-BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim -Ibench -Itools $(WARN)
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim \
+            -Iguests/uml -Ibench -Itools $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
 LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -lm -pthread
 SAN      ?=
@@ -51,7 +53,14 @@ HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c sim/*.c)
 GUEST_OBJ := $(DRV_OBJ) $(HOSTED_SRC:%.c=$(B)/obj/%.o)
 FREESTANDING := -std=gnu11 -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
             -fno-stack-protector -fPIC $(WARN)
-TOOL_SRC  := $(wildcard tools/*.c bench/*.c)
+# Real guests (guests/): the UML launcher, linked by the CLI and by every test, and the
+# guests' root directory (busybox, init, memtool, virtio_balloon.ko), one for all builds.
+UML_SRC   := guests/uml/uml.c
+UML_OBJ   := $(UML_SRC:%.c=$(B)/obj/%.o)
+UML_ROOT  := build/uml-root
+UML_TOOL  := build/uml/memtool
+UML_DEFS  := -DMV_UML_ROOT_DEFAULT='"$(CURDIR)/$(UML_ROOT)"'
+TOOL_SRC  := $(wildcard tools/*.c bench/*.c) $(UML_SRC)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
@@ -96,6 +105,19 @@ $(DRV_OBJ): $(B)/obj/%.o: %.c
 	@echo "  CC    $< (freestanding)"
 	$(Q)$(CC) $(FREESTANDING) $(CFLAGS) -MMD -MP -c $< -o $@
 
+# The guests' programs are static: the root holds no libraries.
+$(UML_TOOL): guests/uml/memtool.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (static)"
+	$(Q)$(CC) -static -O2 $(WARN) -o $@ $<
+
+# Without busybox or the UML modules the root is not built; the guests' tests then skip.
+$(UML_ROOT)/.built: guests/uml/mkroot.sh guests/uml/init $(UML_TOOL)
+	@echo "  ROOT  $(UML_ROOT)"
+	$(Q)guests/uml/mkroot.sh $(UML_ROOT) $(UML_TOOL) && touch $@ || echo "  SKIP  $(UML_ROOT) not built"
+
+$(UML_OBJ): LIBFLAGS += $(UML_DEFS)
+
 $(B)/libmvguest.a: $(GUEST_OBJ)
 	@echo "  AR    $@"
 	$(Q)rm -f $@ && ar rcs $@ $(GUEST_OBJ)
@@ -115,14 +137,14 @@ $(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
 	$(Q)mkdir -p $(B) && sed -e 's|@PREFIX@|$(PREFIX)|;s|@LIBDIR@|$(LIBDIR)|;s|@INCDIR@|$(INCDIR)|;s|@VERSION@|$(VERSION)|' $< > $@
 
 # The CLI links the static library: bench code uses internal symbols for its figures.
-$(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a
+$(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a | $(UML_ROOT)/.built
 	@echo "  LD    $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
 
-$(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a $(B)/libmvguest.a
+$(B)/tests/%: tests/%.c $(TEST_HELP) $(UML_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a | $(UML_ROOT)/.built
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	$(Q)$(CC) $(BASEFLAGS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
+	$(Q)$(CC) $(BASEFLAGS) $(UML_DEFS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(UML_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
 
 # Tests of the CLI's own parts link the objects they test.
 $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: TEST_EXTRA := $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
