@@ -152,6 +152,10 @@ $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: $(B)/obj/bench/ksmct
 # test_journal also runs `memvirt restore`.
 $(B)/tests/tools/test_journal: $(B)/memvirt
 
+# Linux's balloon driver against the vhost-user server of `memvirt balloon-backend`.
+$(B)/tests/guests/test_linux_balloon: TEST_EXTRA := $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
+$(B)/tests/guests/test_linux_balloon: $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
+
 # The soak's smoke test runs its loop for 10 s.
 $(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)
 $(B)/tests/soak/test_soak_smoke: $(SOAK_OBJ)

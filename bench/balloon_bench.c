@@ -217,18 +217,41 @@ static void print_table(const struct phase_result *r, const char *const *names, 
 		       r[i].reached ? gib / r[i].inflate_s / r[i].limit_gib_s : 0, r[i].why[0] ? "  (!)" : "");
 }
 
+int bench_balloon_sim(struct mv_host *h, uint64_t ram, uint64_t target, struct bench_balloon_sim *out)
+{
+	struct phase_result r = { 0 };
+	int err = run_phase(h, ram, target, false, true, &r);
+	double gib = (double)target / GIB;
+	out->inflate_gib_s = r.reached ? gib / r.inflate_s : 0;
+	out->deflate_gib_s = r.deflated ? gib / r.deflate_s : 0;
+	out->rss_drop_mib = r.rss_before_mib - r.rss_after_mib;
+	return err;
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: memvirt bench balloon [--guest-gib N] [--target-gib N] [--json]\n"
+	        "       memvirt bench balloon --driver linux [...]   (--driver linux --help)\n"
 	        "  inflate a simulated guest's balloon to the target and deflate it back, with\n"
 	        "  scattered 4 KiB free pages and with 2 MiB runs; defaults: 4 GiB guest, 3 GiB target\n");
 }
 
 int bench_balloon_main(int argc, char **argv)
 {
+	for (int i = 1; i < argc; i++)
+		if (!strcmp(argv[i], "--driver") || !strncmp(argv[i], "--driver=", 9)) {
+			const char *d = argv[i][8] == '=' ? argv[i] + 9 : i + 1 < argc ? argv[i + 1] : "";
+			if (!strcmp(d, "linux"))
+				return bench_balloon_linux_main(argc, argv);
+			if (strcmp(d, "memvirt")) {
+				fprintf(stderr, "memvirt bench balloon: --driver is linux or memvirt, not '%s'\n", d);
+				return 2;
+			}
+		}
 	static const struct option opts[] = {
 		{ "guest-gib", required_argument, NULL, 'g' }, { "target-gib", required_argument, NULL, 't' },
-		{ "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' }, { 0 } };
+		{ "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
+		{ "driver", required_argument, NULL, 'd' }, { 0 } };
 	double guest = 4, target = 3;
 	bool json = false;
 	int c;
@@ -243,6 +266,7 @@ int bench_balloon_main(int argc, char **argv)
 				return 2;
 			break;
 		case 'j': json = true; break;
+		case 'd': break; /* memvirt */
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}

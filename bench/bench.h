@@ -57,6 +57,12 @@ void bench_guests_free(const struct bench_profile *p, struct bench_guest *g);
  * return the exit status. */
 int bench_scan_main(int argc, char **argv);
 int bench_balloon_main(int argc, char **argv);
+int bench_balloon_linux_main(int argc, char **argv);
+/* memvirt's own driver on a simulated guest of `ram` bytes, inflated to target and back
+ * (scattered 4 KiB free pages), for comparison in other benchmarks. */
+struct bench_balloon_sim { double inflate_gib_s, deflate_gib_s, rss_drop_mib; };
+struct mv_host;
+int bench_balloon_sim(struct mv_host *h, uint64_t ram, uint64_t target, struct bench_balloon_sim *out);
 int bench_guest_main(int argc, char **argv);
 /* `memvirt density ...` */
 int density_main(int argc, char **argv);
