@@ -118,6 +118,7 @@ static void stall_restart(struct mv_balloon *b)
 
 static void reset(struct mv_balloon *b)
 {
+	mv__bl_worker_drain(b); /* the reset driver owns all its pages again */
 	rcu_read_lock();
 	struct mv_region_map *map = rcu_dereference(b->vm->map);
 	mv__bl_hint_forget(b, map);
@@ -430,6 +431,12 @@ MV_API int mv_balloon_new(struct mv_vm *vm, const struct mv_balloon_config *cfg,
 	layout(b);
 	mv__bl_mmio_reset(&b->mmio);
 	stall_restart(b);
+	if (cfg->release_thread && (err = mv__bl_worker_start(b))) {
+		pthread_mutex_destroy(&b->lock);
+		mv__bl_mem_free(b);
+		free(b);
+		return err;
+	}
 	*out = b;
 	return 0;
 }
@@ -438,6 +445,7 @@ MV_API void mv_balloon_free(struct mv_balloon *b)
 {
 	if (!b)
 		return;
+	mv__bl_worker_stop(b); /* what it holds is released first */
 	pthread_mutex_lock(&b->lock);
 	reset(b);
 	pthread_mutex_unlock(&b->lock);

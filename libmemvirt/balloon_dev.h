@@ -55,6 +55,21 @@ struct mv_bl_pfnq {
 	unsigned buf;                 /* buffers of the chain before it are done */
 };
 
+/* Inflated pages waiting for the release thread (balloon_release.c). */
+struct mv_bl_pending {
+	uint64_t serial;              /* of the region (looked up again by the thread) */
+	struct mv_prange range;
+};
+
+struct mv_bl_worker {
+	pthread_t thread;
+	bool running, quit;
+	pthread_cond_t work, drained;
+	struct mv_bl_pending *q;      /* queued, in order */
+	size_t n, cap;
+	size_t busy;                  /* entries the thread took and has not finished */
+};
+
 /* Every field is guarded by `lock`. */
 struct mv_balloon {
 	pthread_mutex_t lock;
@@ -99,6 +114,8 @@ struct mv_balloon {
 	struct mv_prange *rv;          /* ranges to release, all in rv_r */
 	size_t rv_n;
 	struct mv_region *rv_r;
+	bool rv_defer;                 /* they are inflated pages: released after the answer */
+	struct mv_bl_worker worker;    /* cfg.release_thread */
 	struct mv_bl_region *regs;
 	unsigned n_regs, cap_regs;
 
@@ -146,6 +163,14 @@ void mv__bl_hint_forget(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map);
 uint64_t mv__bl_held_pages(struct mv_region_map *map);
+
+/* balloon_release.c: the release thread. queue: 0, or -ENOMEM / -ESRCH (no thread):
+ * the caller releases them itself. drain: wait (b->lock held, released while waiting)
+ * until everything queued is released. */
+int mv__bl_worker_start(struct mv_balloon *b);
+void mv__bl_worker_stop(struct mv_balloon *b);
+int mv__bl_worker_queue(struct mv_balloon *b, uint64_t serial, const struct mv_prange *r, size_t n);
+void mv__bl_worker_drain(struct mv_balloon *b);
 
 /* virtio_mmio.c */
 void mv__bl_mmio_reset(struct mv_bl_mmio *m);

@@ -196,10 +196,8 @@ static int blk_state(struct mv_balloon *b, struct mv_region *r, struct mv_bl_reg
 
 /* ---- releasing ---- */
 
-static void rv_flush(struct mv_balloon *b)
+static void rv_discard(struct mv_balloon *b)
 {
-	if (!b->rv_n)
-		return;
 	uint64_t pages = 0;
 	for (size_t i = 0; i < b->rv_n; i++)
 		pages += b->rv[i].n;
@@ -209,6 +207,16 @@ static void rv_flush(struct mv_balloon *b)
 		        b->vm->name, (unsigned long long)pages, mv_strerror(err));
 	else if (!b->cfg.no_release)
 		b->released += pages * MV_PAGE_SIZE;
+}
+
+/* Release the queued ranges: now, or by the release thread when they are inflated pages
+ * the guest may not touch before it deflates them (b->rv_defer). */
+static void rv_flush(struct mv_balloon *b)
+{
+	if (!b->rv_n)
+		return;
+	if (!b->rv_defer || mv__bl_worker_queue(b, b->rv_r->serial, b->rv, b->rv_n))
+		rv_discard(b);
 	b->rv_n = 0;
 	b->rv_r = NULL;
 }
@@ -390,6 +398,15 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
                  bool inflate, uint64_t *budget)
 {
 	struct mv_bl_pfnq *w = &b->pq[!inflate];
+	/* With MUST_TELL_HOST the driver cannot use an inflated page before its deflate
+	 * request is answered: inflated pages are released after the answer (by the release
+	 * thread if the device has one, else by mv__bl_release_pending()), and a deflate
+	 * waits for releases still pending. Otherwise the driver may reuse a page as soon as
+	 * it queued its deflate, and pages are released before the answer. */
+	bool tell = b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST);
+	if (!inflate)
+		mv__bl_worker_drain(b);
+	b->rv_defer = inflate && tell;
 	while (w->buf < c->n && *budget) {
 		if (w->at == w->n) { /* the next buffer */
 			w->at = 0;
@@ -409,10 +426,7 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
 			w->n = w->at = 0;
 		}
 	}
-	/* Inflated pages are released after the request is answered when the guest must tell
-	 * before it reuses them (mv__bl_release_pending(), still inside the caller's read-side
-	 * section): the driver prepares its next request meanwhile. Otherwise now. */
-	if (!inflate || !(b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST)))
+	if (!b->rv_defer)
 		rv_flush(b);
 	if (w->buf < c->n)
 		return false;
@@ -423,6 +437,7 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
 void mv__bl_release_pending(struct mv_balloon *b)
 {
 	rv_flush(b);
+	b->rv_defer = false;
 }
 
 /* Forget the request in progress on inflateq or deflateq (its chain went with a reset
@@ -468,6 +483,7 @@ static bool poisoned(const struct mv_balloon *b)
 void mv__bl_report(struct mv_balloon *b, struct mv_region_map *map, const struct mv_vq_chain *c,
                    uint64_t *budget)
 {
+	b->rv_defer = false; /* reported pages are the guest's again once answered */
 	for (unsigned i = 0; i < c->n; i++) {
 		uint64_t gpa = c->buf[i].gpa, len = c->buf[i].len;
 		charge(budget, len);

@@ -108,6 +108,7 @@ static void accept_conn(struct vu_serve *s)
 	struct mv_vhost_user_config cfg;
 	mv_vhost_user_config_init(&cfg);
 	cfg.balloon.no_release = s->o.no_release;
+	cfg.balloon.release_thread = true;
 	if (s->o.features)
 		cfg.balloon.features = s->o.features;
 	cfg.inband_notifications = s->o.inband;

@@ -66,6 +66,12 @@ struct mv_balloon_config {
 	uint64_t features;     /* MV_BALLOON_F_* bits offered (as a mask); default all six */
 	unsigned queue_max;    /* QueueNumMax of every queue, a power of 2 <= 32768; default 1024 */
 	bool prefault_deflate; /* populate deflated pages at once; default false (on demand) */
+	bool release_thread;   /* with MUST_TELL_HOST negotiated, inflated pages are released
+	                          by a thread of the device after the guest has its answer (a
+	                          driver with one request in flight, as Linux's, then never
+	                          waits for the host's page work); a deflate waits for releases
+	                          still pending. Default false: released by the notifying
+	                          thread, also after the answer. */
 	bool no_release;       /* keep every page: inflated, reported and hinted pages are
 	                          counted and acknowledged but never released (the transport's
 	                          own limit, for benchmarks); default false */
