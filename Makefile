@@ -130,6 +130,9 @@ $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: $(B)/obj/bench/ksmct
 # test_journal also runs `memvirt restore`.
 $(B)/tests/tools/test_journal: $(B)/memvirt
 
+# The vhost-user tests share their fake frontend.
+$(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile: tests/libmemvirt/vufront.h
+
 # The soak's smoke test runs its loop for 10 s.
 $(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)
 $(B)/tests/soak/test_soak_smoke: $(SOAK_OBJ)
