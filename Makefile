@@ -73,7 +73,8 @@ help:
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
-	@echo "make fuzz       fuzz the balloon device as a hostile guest (clang, FUZZ_TIME=180 s)"
+	@echo "make fuzz       fuzz the balloon device as a hostile guest and its vhost-user backend as a"
+	@echo "                hostile frontend (clang; FUZZ_TIME=180 s shared, FUZZ_TARGET=balloon|vhost_user)"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
 
 deps:
