@@ -82,7 +82,8 @@ help:
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
-	@echo "make fuzz       fuzz the balloon device as a hostile guest (clang, FUZZ_TIME=180 s)"
+	@echo "make fuzz       fuzz the balloon device as a hostile guest and its vhost-user backend as a"
+	@echo "                hostile frontend (clang; FUZZ_TIME=180 s shared, FUZZ_TARGET=balloon|vhost_user)"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
 
 deps:
@@ -155,6 +156,9 @@ $(B)/tests/tools/test_journal: $(B)/memvirt
 # Linux's balloon driver against the vhost-user server of `memvirt balloon-backend`.
 $(B)/tests/guests/test_linux_balloon: TEST_EXTRA := $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
 $(B)/tests/guests/test_linux_balloon: $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
+
+# The vhost-user tests share their fake frontend.
+$(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile: tests/libmemvirt/vufront.h
 
 # The soak's smoke test runs its loop for 10 s.
 $(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)

@@ -22,6 +22,17 @@ static int match(struct cds_lfht_node *ln, const void *k)
 	return n->hash == key->hash && n->nid == key->nid;
 }
 
+static struct mv_node *node_of(struct cds_lfht_node *ln)
+{
+	return ln ? caa_container_of(ln, struct mv_node, lf) : NULL;
+}
+
+/* cds_lfht_for_each_entry(), without container_of() on the NULL that ends the walk
+ * (pointer arithmetic on NULL: undefined, and fatal under the fuzzers' UBSan). */
+#define for_each_node(d, it, n) \
+	for (cds_lfht_first((d)->index, (it)); ((n) = node_of(cds_lfht_iter_get_node(it))); \
+	     cds_lfht_next((d)->index, (it)))
+
 int mv__index_new(struct mv_domain *d)
 {
 	d->index = cds_lfht_new_flavor(1024, 1024, 0, CDS_LFHT_AUTO_RESIZE | CDS_LFHT_ACCOUNTING,
@@ -50,7 +61,7 @@ void mv__index_free(struct mv_domain *d)
 	struct mv_node *n;
 	if (!d->index)
 		return;
-	cds_lfht_for_each_entry(d->index, &it, n, lf) {
+	for_each_node(d, &it, n) {
 		cds_lfht_del(d->index, &n->lf);
 		free(n);
 	}
@@ -63,8 +74,7 @@ struct mv_node *mv__index_find(struct mv_domain *d, uint64_t hash, uint32_t nid)
 	struct key k = { hash, nid };
 	struct cds_lfht_iter it;
 	cds_lfht_lookup(d->index, hash, match, &k, &it);
-	struct cds_lfht_node *ln = cds_lfht_iter_get_node(&it);
-	return ln ? caa_container_of(ln, struct mv_node, lf) : NULL;
+	return node_of(cds_lfht_iter_get_node(&it));
 }
 
 static void free_node_rcu(struct rcu_head *head)
@@ -137,7 +147,7 @@ void mv__index_drop_region(struct mv_domain *d, const struct mv_region *r)
 	struct mv_node *n;
 	rcu_read_lock();
 	pthread_mutex_lock(&d->lock);
-	cds_lfht_for_each_entry(d->index, &it, n, lf)
+	for_each_node(d, &it, n)
 		if (!n->stable && (!r || n->region == r) && !cds_lfht_del(d->index, &n->lf)) {
 			atomic_fetch_sub(&d->unstable, 1);
 			call_rcu(&n->rcu, free_node_rcu);

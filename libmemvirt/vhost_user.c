@@ -28,6 +28,8 @@
 #include "vhost_user_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -101,6 +103,21 @@ static int reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
 	return send_msg(vu->sock, vu->hdr.request, VU_FLAG_REPLY, payload, size);
 }
 
+/* Ring a call fd: 8 bytes, never waiting and never raising SIGPIPE (the frontend may
+ * hand us anything, and shares the descriptor): a socket gets send(); an eventfd or a
+ * pipe is written only when poll() says it has room and a reader. */
+static bool call_fd_write(int fd)
+{
+	uint64_t one = 1;
+	ssize_t n = send(fd, &one, sizeof(one), MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0 && errno == ENOTSOCK) {
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+		if (poll(&p, 1, 0) == 1 && p.revents == POLLOUT)
+			n = write(fd, &one, sizeof(one));
+	}
+	return n == sizeof(one);
+}
+
 /* The device's interrupt hook (device mutex held; any thread). */
 static void interrupt(void *opaque, int queue)
 {
@@ -110,8 +127,7 @@ static void interrupt(void *opaque, int queue)
 		if (vu->backend >= 0 && vu->protocol & BIT(VU_PF_CONFIG))
 			send_msg(vu->backend, VU_BACKEND_CONFIG_CHANGE, 0, NULL, 0);
 	} else if (vu->q[queue].call >= 0) {
-		uint64_t one = 1;
-		if (write(vu->q[queue].call, &one, sizeof(one)) == sizeof(one))
+		if (call_fd_write(vu->q[queue].call))
 			vu->calls++;
 	} else if (inband(vu) && vu->backend >= 0) {
 		struct vu_state st = { (uint32_t)queue, 0 };
@@ -160,8 +176,8 @@ static void device_reset(struct mv_vhost_user *vu)
 
 static int set_features(struct mv_vhost_user *vu, uint64_t f)
 {
-	if (f & ~device_features(vu))
-		return -EINVAL;
+	if (f & ~device_features(vu) || !(f & BIT(MV_VIRTIO_F_VERSION_1)))
+		return -EINVAL; /* refused before the device is reset: nothing changes */
 	uint64_t virtio = f & ~BIT(VU_F_PROTOCOL);
 	if (vu->features_set && (vu->features & ~BIT(VU_F_PROTOCOL)) == virtio) {
 		vu->features = f;
@@ -324,8 +340,12 @@ static int ring_kick_fd(struct mv_vhost_user *vu, uint64_t v)
 		return -EINVAL; /* polling is not offered */
 	}
 	if (fd >= 0) {
+		/* read only when ready, but a stale event or the frontend draining its own
+		 * eventfd must not make that read wait */
+		int fl = fcntl(fd, F_GETFL);
 		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)q };
-		if (epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
+		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ||
+		    epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
 			int err = -errno;
 			close(fd);
 			return err;
@@ -413,9 +433,19 @@ static bool size_ok(uint32_t req, uint32_t size)
 		return size >= 12;
 	case VU_SET_MEM_TABLE:
 		return size >= 8;
+	case VU_GET_FEATURES: case VU_GET_PROTOCOL_FEATURES: case VU_SET_OWNER:
+	case VU_RESET_OWNER: case VU_RESET_DEVICE: case VU_SET_BACKEND_REQ_FD:
+		return size == 0;
 	default:
 		return true;
 	}
+}
+
+/* Descriptors only come with the requests that take them (those check how many). */
+static bool fds_ok(uint32_t req, unsigned nfds)
+{
+	return nfds == 0 || req == VU_SET_MEM_TABLE || req == VU_SET_VRING_KICK ||
+	       req == VU_SET_VRING_CALL || req == VU_SET_VRING_ERR || req == VU_SET_BACKEND_REQ_FD;
 }
 
 /* Apply one checked message, device mutex held. Returns 0 or -errno for the ack; -EPROTO
@@ -508,7 +538,8 @@ static int handle(struct mv_vhost_user *vu)
 	vu->messages++;
 	int ret;
 	pthread_mutex_lock(&vu->b->lock);
-	if (!size_ok(vu->hdr.request, vu->hdr.size) || vu->too_many_fds)
+	if (!size_ok(vu->hdr.request, vu->hdr.size) || vu->too_many_fds ||
+	    !fds_ok(vu->hdr.request, vu->nfds))
 		ret = has_reply(vu->hdr.request) ? -EPROTO : -EINVAL;
 	else
 		ret = request(vu);
@@ -570,6 +601,8 @@ static int receive(struct mv_vhost_user *vu)
 	if (vu->got == hs && ((vu->hdr.flags & 3) != VU_VERSION || vu->hdr.flags & VU_FLAG_REPLY ||
 	                      vu->hdr.size > sizeof(vu->pl)))
 		return -EPROTO;
+	if (vu->got == hs && vu->hdr.size)
+		return receive(vu); /* the payload, if it came with the header */
 	if (vu->got < hs || vu->got < hs + vu->hdr.size)
 		return 0;
 	memset(vu->pl.raw + vu->hdr.size, 0, sizeof(vu->pl) - vu->hdr.size);
@@ -617,10 +650,13 @@ MV_API int mv_vhost_user_dispatch(struct mv_vhost_user *vu)
 			pthread_mutex_unlock(&vu->b->lock);
 		} else if (what < MV_BL_NQ && vu->q[what].kick >= 0) {
 			uint8_t drain[64]; /* an eventfd's counter, or bytes from a pipe or socket */
-			if (read(vu->q[what].kick, drain, sizeof(drain)) > 0) {
+			ssize_t r = read(vu->q[what].kick, drain, sizeof(drain));
+			if (r > 0) {
 				pthread_mutex_lock(&vu->b->lock);
 				kick(vu, (unsigned)what);
 				pthread_mutex_unlock(&vu->b->lock);
+			} else if (r == 0) { /* a pipe or socket at its end: readable for ever */
+				epoll_ctl(vu->ep, EPOLL_CTL_DEL, vu->q[what].kick, NULL);
 			}
 		}
 	}

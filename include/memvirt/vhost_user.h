@@ -32,7 +32,11 @@ extern "C" {
  * version, oversized payload, a reply-carrying request of the wrong size) ends the
  * connection. The frontend's memory files must keep their size while mapped (a file
  * truncated under the mapping makes accesses fault with SIGBUS, as in every vhost-user
- * backend): seal memfds with F_SEAL_SHRINK.
+ * backend): seal memfds with F_SEAL_SHRINK. Nothing waits on the frontend's descriptors:
+ * kick descriptors are made O_NONBLOCK (a flag the frontend's copy shares), call
+ * descriptors are written only when they take 8 bytes at once and have a reader (a
+ * notification that cannot be delivered is dropped), and a kick pipe or socket that
+ * reaches its end is no longer watched.
  *
  * Protocol features offered: REPLY_ACK, BACKEND_REQ (config-change notices, in-band
  * calls), CONFIG, RESET_DEVICE, and INBAND_NOTIFICATIONS when configured. A frontend

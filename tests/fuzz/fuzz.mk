@@ -1,17 +1,24 @@
-# fuzz.mk - `make fuzz`: the virtio-balloon device under libFuzzer, playing a hostile guest
-# (tests/fuzz/fuzz_balloon.c). Included by the Makefile, after LIB_SRC and LDLIBS_LIB.
+# fuzz.mk - `make fuzz`: libFuzzer against the virtio-balloon device, playing a hostile
+# guest (tests/fuzz/fuzz_balloon.c), and against its vhost-user backend, playing a hostile
+# frontend (tests/fuzz/fuzz_vhost_user.c). Included by the Makefile, after LIB_SRC and
+# LDLIBS_LIB.
 #
-#   make fuzz                    build, then fuzz for FUZZ_TIME seconds (default 180)
-#   make fuzz FUZZ_TIME=600 FUZZ_ARGS="-jobs=1 -workers=1"
+#   make fuzz                    build, then fuzz each harness in turn, FUZZ_TIME seconds
+#                                (default 180) shared between them
+#   make fuzz FUZZ_TARGET=vhost_user FUZZ_TIME=600 FUZZ_ARGS="-jobs=1 -workers=1"
 #
-# The library and the harness are built with clang -fsanitize=fuzzer,address,undefined into
-# build/fuzz/. The tracked seeds (tests/fuzz/corpus) are copied to build/fuzz/corpus, where
-# the fuzzer keeps what it finds; crashes land in build/fuzz/artifacts/. Every crash becomes
-# a named file in tests/fuzz/regressions/, replayed by `make test`
-# (tests/fuzz/test_fuzz_regressions.c, built with the normal compiler, no libFuzzer).
+# FUZZ_TARGET names the harnesses to run: balloon, vhost_user (default both). The library
+# and the harnesses are built with clang -fsanitize=fuzzer,address,undefined into
+# build/fuzz/. The tracked seeds (tests/fuzz/corpus, tests/fuzz/corpus-vhost-user) are
+# copied to build/fuzz/, where the fuzzer keeps what it finds; crashes land in
+# build/fuzz/artifacts/, prefixed with the harness's name. Every crash becomes a named
+# file in tests/fuzz/regressions/ (or regressions-vhost-user/), replayed by `make test`
+# (tests/fuzz/test_fuzz_regressions.c, test_fuzz_vhost_user.c: the harnesses built with the
+# normal compiler, no libFuzzer).
 
 FUZZ_TIME  ?= 180
 FUZZ_ARGS  ?=
+FUZZ_TARGET ?= balloon vhost_user
 FUZZ_CC    ?= clang
 FUZZ_DEBS  := clang libclang-rt-dev
 FUZZ_B     := build/fuzz
@@ -35,21 +42,31 @@ $(FUZZ_OBJ): $(FUZZ_B)/obj/%.o: %.c
 	@echo "  CC    $< (fuzz)"
 	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -MMD -MP -c $< -o $@
 
-$(FUZZ_B)/fuzz_balloon: tests/fuzz/fuzz_balloon.c $(FUZZ_OBJ)
+$(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
 	@echo "  LD    $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -o $@ $< $(FUZZ_OBJ) $(LDLIBS_LIB)
 
 fuzz-build: fuzz-deps
-	$(Q)$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $(FUZZ_B)/fuzz_balloon
+	$(Q)$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $(FUZZ_TARGET:%=$(FUZZ_B)/fuzz_%)
+
+# Per harness: its seed directory and its own libFuzzer options (the vhost-user programs
+# are longer; a dispatch that blocks is a finding, caught by the timeout).
+fuzz_corpus_balloon    := corpus
+fuzz_corpus_vhost_user := corpus-vhost-user
+fuzz_args_vhost_user   := -max_len=8192 -timeout=20
 
 fuzz: fuzz-build
-	$(Q)mkdir -p $(FUZZ_B)/corpus $(FUZZ_B)/artifacts
-	$(Q)cp tests/fuzz/corpus/* $(FUZZ_B)/corpus/
-	$(Q)$(FUZZ_B)/fuzz_balloon -max_total_time=$(FUZZ_TIME) -artifact_prefix=$(FUZZ_B)/artifacts/ \
-		-print_final_stats=1 $(FUZZ_ARGS) $(FUZZ_B)/corpus
+	$(Q)mkdir -p $(FUZZ_B)/artifacts
+	$(Q)n=$(words $(FUZZ_TARGET)); t=$$(( $(FUZZ_TIME) / n )); \
+	$(foreach h,$(FUZZ_TARGET),\
+		mkdir -p $(FUZZ_B)/$(fuzz_corpus_$(h)) && cp tests/fuzz/$(fuzz_corpus_$(h))/* $(FUZZ_B)/$(fuzz_corpus_$(h))/ && \
+		echo "  FUZZ  $(h) for $$t s" && \
+		$(FUZZ_B)/fuzz_$(h) -max_total_time=$$t -artifact_prefix=$(FUZZ_B)/artifacts/$(h)- \
+			-print_final_stats=1 $(fuzz_args_$(h)) $(FUZZ_ARGS) $(FUZZ_B)/$(fuzz_corpus_$(h)) || exit 1;)
 
 -include $(wildcard $(FUZZ_B)/obj/*/*.d)
 
 # The test binaries include these sources: rebuild them when they change.
-$(B)/tests/fuzz/test_fuzz_regressions: tests/fuzz/fuzz_balloon.c
+$(B)/tests/fuzz/test_fuzz_regressions: tests/fuzz/fuzz_balloon.c tests/fuzz/replay.h
+$(B)/tests/fuzz/test_fuzz_vhost_user: tests/fuzz/fuzz_vhost_user.c tests/fuzz/replay.h
 $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/conformance/test_*.c)): $(wildcard tests/conformance/*.h)
