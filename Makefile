@@ -13,7 +13,8 @@ VERSION := $(shell sed -n 's/^\#define MV_VERSION_STRING "\(.*\)"/\1/p' include/
 MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
-DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox
+DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox \
+            pkg-config g++ abigail-tools qemu-system-x86
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
@@ -22,7 +23,12 @@ endif
 CFLAGS   ?= -O2 -g
 BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
-LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -lm -pthread
+# xxHash is compiled in (ksm-scanner/hash.c): only its header is needed.
+LDLIBS_LIB := -lurcu-bp -lurcu-cds -lnuma -ljson-c -linih -lm -pthread
+# The page hash is also built for AVX2, chosen at run time (ksm-scanner/hash.c).
+ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
+AVX2FLAGS := -mavx2
+endif
 SAN      ?=
 ifeq ($(SAN),asan)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -56,13 +62,18 @@ TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 TEST_HELP := $(wildcard tests/common/*.c)
+# Tests that are shell scripts (tests/*/test_*.sh) run through a wrapper in the build tree
+# that tells them where the sources and the build are.
+TEST_SH   := $(wildcard tests/*/test_*.sh)
+TEST_SH_BIN := $(patsubst tests/%.sh,$(B)/tests/%,$(TEST_SH))
 # The soak (`make soak`): its core is linked by the soak binary and by its smoke test.
 SOAK_TIME ?= 1800
 SOAK_SEED ?= 1
 SOAK_SRC  := $(filter-out tests/soak/main.c tests/soak/test_%.c,$(wildcard tests/soak/*.c))
 SOAK_OBJ  := $(SOAK_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding
+.PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding \
+        check-abi abi-baseline
 all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/libmvguest.a $(B)/memvirt.pc $(B)/memvirt
 
 help:
@@ -72,6 +83,8 @@ help:
 	@echo "make soak       everything at once, every page verified, SOAK_TIME s (default 1800), SOAK_SEED=1"
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
+	@echo "make check-abi  compare the public ABI of build/libmemvirt.so with tests/abi/libmemvirt.abi"
+	@echo "make abi-baseline  accept the current public ABI as the baseline (after a version bump)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
 	@echo "make fuzz       fuzz the balloon device as a hostile guest (clang, FUZZ_TIME=180 s)"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
@@ -95,6 +108,8 @@ $(DRV_OBJ): $(B)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $< (freestanding)"
 	$(Q)$(CC) $(FREESTANDING) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(B)/obj/ksm-scanner/hash_avx2.o: LIBFLAGS += $(AVX2FLAGS)
 
 $(B)/libmvguest.a: $(GUEST_OBJ)
 	@echo "  AR    $@"
@@ -124,6 +139,14 @@ $(B)/tests/%: tests/%.c $(TEST_HELP) $(B)/libmemvirt.a $(B)/libmvguest.a
 	@echo "  CC    $<"
 	$(Q)$(CC) $(BASEFLAGS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
 
+$(TEST_SH_BIN): $(B)/tests/%: tests/%.sh
+	@mkdir -p $(dir $@)
+	@echo "  GEN   $@"
+	$(Q)printf '#!/bin/sh\nMV_SRC=%s MV_B=%s MV_SAN=%s exec sh %s "$$@"\n' '$(CURDIR)' '$(B)' '$(SAN)' '$(CURDIR)/$<' > $@ && chmod +x $@
+
+# The install-and-link test installs from the build tree: the library and CLI first.
+$(B)/tests/install/test_install: all
+
 # Tests of the CLI's own parts link the objects they test.
 $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: TEST_EXTRA := $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
 $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
@@ -149,6 +172,17 @@ check-freestanding: $(DRV_OBJ)
 	@bad=$$(nm -u $(B)/obj/balloon-driver.o | awk 'NF == 2 {print $$2}' | sort -u | grep -vE '^(memcpy|memset|memmove|memcmp)$$'); \
 	if [ -n "$$bad" ]; then echo "balloon-driver core needs libc symbols: $$bad"; exit 1; fi; echo "  OK    balloon-driver core is freestanding"
 
+# The public ABI against the baseline in the tree (also run by `make test`).
+check-abi: $(B)/libmemvirt.so
+	$(Q)MV_SRC=$(CURDIR) MV_B=$(B) MV_SAN=$(SAN) sh tests/abi/test_abi.sh
+
+# Accept the ABI of the library just built as the new baseline: after a deliberate change
+# of the public API, with MV_VERSION_MINOR (additions) or MV_VERSION_MAJOR raised.
+abi-baseline: $(B)/libmemvirt.so
+	$(Q)sh tests/abi/abidw.sh $(CURDIR) $(B)/libmemvirt.so > tests/abi/libmemvirt.abi.tmp
+	$(Q)mv tests/abi/libmemvirt.abi.tmp tests/abi/libmemvirt.abi
+	@echo "  ABI   tests/abi/libmemvirt.abi now records $$(grep -c '<elf-symbol ' tests/abi/libmemvirt.abi) exported symbols of $(SONAME) $(VERSION)"
+
 headers:
 	@for h in include/memvirt/*.h; do \
 		echo "#include <memvirt/$$(basename $$h)>" | $(CC) -std=c11 -Iinclude -Wall -Werror -x c -c -o /dev/null - || exit 1; \
@@ -156,7 +190,7 @@ headers:
 	done; echo "  OK    public headers compile alone, as C and C++"
 
 test: deps
-	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_SH_BIN)
 	$(Q)$(MAKE) --no-print-directory check-exports $(if $(SAN),,check-freestanding) headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
 
