@@ -57,6 +57,15 @@ HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c sim/*.c)
 GUEST_OBJ := $(DRV_OBJ) $(HOSTED_SRC:%.c=$(B)/obj/%.o)
 FREESTANDING := -std=gnu11 -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
             -fno-stack-protector -fPIC $(WARN)
+# The bare-metal guest (balloon-driver/pvh/): the driver core and the hosted port's page
+# allocator as real x86-64 guest code, a PVH ELF image. Its own flags: no user CFLAGS
+# (sanitizers), no libc; lib.c has mem* (loops the compiler must not turn into calls).
+PVH_SRC   := $(DRV_SRC) balloon-driver/hosted/galloc.c $(wildcard balloon-driver/pvh/*.c) balloon-driver/pvh/entry.S
+PVH_OBJ   := $(patsubst %,$(B)/guest/obj/%.o,$(basename $(PVH_SRC)))
+PVH_FLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
+            -Iballoon-driver/pvh/include -fno-stack-protector -fno-pic -fno-pie -mno-red-zone -mcmodel=small -mgeneral-regs-only \
+            -fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables $(WARN)
+GUEST     := $(B)/guest/memvirt-guest.elf
 TOOL_SRC  := $(wildcard tools/*.c bench/*.c)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
@@ -73,7 +82,7 @@ SOAK_SRC  := $(filter-out tests/soak/main.c tests/soak/test_%.c,$(wildcard tests
 SOAK_OBJ  := $(SOAK_SRC:%.c=$(B)/obj/%.o)
 
 .PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding \
-        check-abi abi-baseline
+        check-abi abi-baseline vmm
 all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/libmvguest.a $(B)/memvirt.pc $(B)/memvirt
 
 help:
@@ -83,6 +92,7 @@ help:
 	@echo "make soak       everything at once, every page verified, SOAK_TIME s (default 1800), SOAK_SEED=1"
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
+	@echo "make vmm        the reference VMM (build/memvirt-vmm) and the bare-metal guest (build/guest/memvirt-guest.elf)"
 	@echo "make check-abi  compare the public ABI of build/libmemvirt.so with tests/abi/libmemvirt.abi"
 	@echo "make abi-baseline  accept the current public ABI as the baseline (after a version bump)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
@@ -110,6 +120,22 @@ $(DRV_OBJ): $(B)/obj/%.o: %.c
 	$(Q)$(CC) $(FREESTANDING) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(B)/obj/ksm-scanner/hash_avx2.o: LIBFLAGS += $(AVX2FLAGS)
+
+$(B)/guest/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (guest)"
+	$(Q)$(CC) $(PVH_FLAGS) -MMD -MP -c $< -o $@
+
+$(B)/guest/obj/%.o: %.S
+	@mkdir -p $(dir $@)
+	@echo "  AS    $< (guest)"
+	$(Q)$(CC) $(PVH_FLAGS) -c $< -o $@
+
+$(PVH_OBJ): Makefile
+
+$(GUEST): $(PVH_OBJ) balloon-driver/pvh/pvh.ld
+	@echo "  LD    $@"
+	$(Q)$(CC) -nostdlib -static -no-pie -Wl,-T,balloon-driver/pvh/pvh.ld -Wl,--build-id=none -Wl,--no-warn-rwx-segments -o $@ $(PVH_OBJ)
 
 $(B)/libmvguest.a: $(GUEST_OBJ)
 	@echo "  AR    $@"
@@ -146,6 +172,20 @@ $(TEST_SH_BIN): $(B)/tests/%: tests/%.sh
 
 # The install-and-link test installs from the build tree: the library and CLI first.
 $(B)/tests/install/test_install: all
+
+# The reference VMM links the installed library the documented way: installed into
+# $(B)/stage, then built by vmm/Makefile with pkg-config only.
+VMM := $(B)/memvirt-vmm
+$(VMM): vmm/vmm.c vmm/Makefile $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt $(wildcard include/memvirt/*.h)
+	@echo "  INST  $(B)/stage"
+	$(Q)$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(B)/stage >/dev/null
+	@echo "  LD    $@ (pkg-config memvirt from $(B)/stage)"
+	$(Q)PKG_CONFIG_PATH=$(CURDIR)/$(B)/stage/lib/pkgconfig $(MAKE) --no-print-directory -s -C vmm O=$(CURDIR)/$(B) CC=$(CC)
+vmm: $(VMM) $(GUEST)
+# The tests that boot the guest (skipped in sanitizer builds: the VMM links the plain library).
+ifeq ($(SAN),)
+GUEST_TESTS := $(VMM) $(GUEST)
+endif
 
 # Tests of the CLI's own parts link the objects they test.
 $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: TEST_EXTRA := $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
@@ -190,7 +230,7 @@ headers:
 	done; echo "  OK    public headers compile alone, as C and C++"
 
 test: deps
-	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_SH_BIN)
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_SH_BIN) $(GUEST_TESTS)
 	$(Q)$(MAKE) --no-print-directory check-exports $(if $(SAN),,check-freestanding) headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
 
@@ -227,4 +267,4 @@ clean:
 
 include tests/fuzz/fuzz.mk
 
--include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(B)/obj $(B)/guest/obj -name '*.d' 2>/dev/null)
