@@ -20,7 +20,9 @@
  * Command line: virtio_mmio.device=..., memvirt.tsc_khz=<kHz> (the clock; default from
  * CPUID leaf 0x16, else 2 GHz), memvirt.work_pages=<n> (default 256),
  * memvirt.floor_kib=<KiB> (the driver's floor, default 1024), memvirt.report_ms=<ms> (free
- * page reporting period, default the driver's 2 s; 0 = off).
+ * page reporting period, default the driver's 2 s; 0 = off), memvirt.grow_pages=<n> (once
+ * the driver stops at its floor, the workload allocates n more pages, deflating on OOM as
+ * a guest kernel does when nothing is free; default 0).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,8 +46,8 @@ struct guest {
 	struct mvg__galloc *ga;
 	uint64_t mmio;                 /* base of the balloon's window */
 	uint64_t tsc_khz;
-	uint64_t work_pages;
-	uint64_t *work;                /* gpa of each workload page */
+	uint64_t work_pages, grow_pages;
+	uint64_t *work;                /* gpa of each workload page (work_pages + grow_pages) */
 	uint64_t hot_gpa, hot_seq;     /* the page rewritten on every loop */
 };
 
@@ -229,6 +231,29 @@ static void hot_write(void)
 	h[G.hot_seq % (PAGE / 8 - 1) + 1] = G.hot_seq;
 }
 
+/* The workload grows by grow_pages while the balloon holds all the guest can spare:
+ * when the allocator is empty, the driver deflates on OOM (1 MiB per event, as Linux). */
+static void work_grow(struct mvg_balloon *d)
+{
+	uint64_t from_balloon = 0, first = G.work_pages;
+	for (uint64_t k = first; k < first + G.grow_pages; k++) {
+		while (mvg__galloc_alloc_page(G.ga, &G.work[k])) {
+			uint64_t got = mvg_balloon_oom(d, 1ull << 20);
+			if (!got) {
+				kprintf("grow: out of memory, nothing deflated on OOM\n");
+				halt();
+			}
+			from_balloon += got;
+		}
+		uint64_t *w = (uint64_t *)(uintptr_t)G.work[k];
+		for (uint64_t j = 0; j < PAGE / 8; j++)
+			w[j] = word_of(k, j);
+		G.work_pages++;
+	}
+	kprintf("grow: %lu pages allocated, %lu KiB of them deflated on OOM\n", G.grow_pages,
+	        from_balloon >> 10);
+}
+
 /* ---- boot ---- */
 
 static unsigned ram_regions(const struct hvm_start_info *si, const char *cl,
@@ -303,6 +328,7 @@ void pvh_main(uint32_t start_info)
 	if (!G.tsc_khz)
 		G.tsc_khz = default_tsc_khz();
 	G.work_pages = cmdline_num(cl, "memvirt.work_pages", 256);
+	G.grow_pages = cmdline_num(cl, "memvirt.grow_pages", 0);
 
 	struct mvg__galloc_region r[MAX_RAM];
 	unsigned n = ram_regions(si, cl, r);
@@ -310,7 +336,7 @@ void pvh_main(uint32_t start_info)
 		kprintf("memvirt-guest: no RAM above 2 MiB\n");
 		halt();
 	}
-	G.work = calloc(G.work_pages, sizeof(*G.work));
+	G.work = calloc(G.work_pages + G.grow_pages, sizeof(*G.work));
 	struct mvg_balloon *d = malloc(mvg_balloon_size());
 	if (!G.work || !d || mvg__galloc_alloc_page(G.ga, &G.hot_gpa)) {
 		kprintf("memvirt-guest: out of memory\n");
@@ -337,6 +363,7 @@ void pvh_main(uint32_t start_info)
 	        G.mmio, G.tsc_khz);
 
 	uint64_t shown_target = UINT64_MAX, shown_actual = UINT64_MAX, checked = UINT64_MAX;
+	bool grown = false;
 	for (;;) {
 		uint64_t sleep = mvg_balloon_step(d);
 		struct mvg_status st;
@@ -353,6 +380,15 @@ void pvh_main(uint32_t start_info)
 		if (st.target_pages == st.actual_pages && st.target_pages != checked) {
 			work_check(st.target_pages);
 			checked = st.target_pages;
+		}
+		if (G.grow_pages && !grown && st.at_floor && st.target_pages > st.actual_pages) {
+			kprintf("balloon: at the floor, target %lu actual %lu\n", st.target_pages,
+			        st.actual_pages);
+			work_grow(d);
+			grown = true;
+			work_check(st.target_pages);
+			checked = st.target_pages;
+			continue;
 		}
 		hot_write();
 		if (sleep)

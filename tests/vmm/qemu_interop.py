@@ -9,11 +9,13 @@ what the balloon gives back shows in QEMU's RSS), then: `balloon` to inflate, th
 guest's driver inflates and checks its memory, `query-balloon` reports the new size and
 QEMU's RSS drops; `balloon` back to deflate; guest statistics through
 guest-stats-polling-interval and `qom-get guest-stats`; free page reporting dropping
-RSS further. Prints the QMP exchange. Exit 0 = passed, 77 = skip, 1 = failed.
+RSS further; deflate on OOM (a target beyond what the guest can spare, then the guest
+allocates more). Prints the QMP exchange. Exit 0 = passed, 77 = skip, 1 = failed.
 QEMU is started by this script and killed by its PID at the end whatever happens.
 """
 import ctypes
 import json
+import re
 import os
 import shutil
 import signal
@@ -77,7 +79,7 @@ class QMP:
 
 class Serial:
     def __init__(self, path):
-        self.path, self.seen = path, 0
+        self.path, self.seen, self.pending = path, 0, []
 
     def lines(self):
         try:
@@ -94,9 +96,12 @@ class Serial:
         return new
 
     def wait(self, pred, what, proc):
+        """The next line (new since the last wait) that pred accepts."""
         end = time.time() + WAIT_S
         while time.time() < end:
-            for line in self.lines():
+            self.pending += self.lines()
+            while self.pending:
+                line = self.pending.pop(0)
                 if line.startswith("check: FAILED"):
                     raise RuntimeError("the guest found a byte it wrote changed")
                 if pred(line):
@@ -120,7 +125,7 @@ def run(guest, tmp):
             "-device", "virtio-balloon-device,id=balloon0,free-page-reporting=on,deflate-on-oom=on",
             "-kernel", guest,
             # the first free page report after 10 s: the balloon's figures come first
-            "-append", "memvirt.work_pages=256 memvirt.report_ms=10000 " + WINDOWS]
+            "-append", "memvirt.work_pages=256 memvirt.grow_pages=512 memvirt.report_ms=10000 " + WINDOWS]
     print("$ " + " ".join(argv[:-1]) + " '...'")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
@@ -183,11 +188,27 @@ def run(guest, tmp):
         print("free page reporting: QEMU RSS %.1f -> %.1f MiB" % (rss2, rss3))
         if rss2 - rss3 < 32:
             raise RuntimeError("free page reporting gave back %.1f MiB only" % (rss2 - rss3))
+        # Deflate on OOM: a target beyond what the guest can spare stops the driver at its
+        # floor; the workload then allocates 2 MiB more and the driver deflates on OOM.
+        qmp.cmd("balloon", value=4 * MIB)
+        line = serial.wait(lambda l: l.startswith("balloon: at the floor"), "the driver to stop at its floor", proc)
+        floor = RAM - int(line.split()[-1]) * 4096
+        line = serial.wait(lambda l: l.startswith("grow:"), "the guest to grow at the floor", proc)
+        deflated_kib = int(re.search(r"(\d+) KiB of them deflated on OOM", line).group(1))
+        serial.wait(lambda l: l.startswith("check: ok"), "the guest to check after growing", proc)
+        oom = qmp.cmd("query-balloon")["actual"]
+        print("deflate on OOM: %d KiB given back by the driver; guest size %.1f MiB at the floor, "
+              "query-balloon %.1f MiB after" % (deflated_kib, floor / MIB, oom / MIB))
+        if deflated_kib < 1024 or oom - floor < deflated_kib * 1024:
+            raise RuntimeError("the driver deflated %d KiB on OOM, QEMU saw %d" % (deflated_kib, oom - floor))
+        qmp.cmd("balloon", value=RAM)
+        serial.wait(check_line(0), "the guest to deflate after OOM", proc)
         serial.lines()
         qmp.cmd("quit")
         proc.wait(timeout=10)
         print("ok   QEMU 7.2 virtio-balloon: inflate %d MiB (RSS -%.1f MiB), deflate, stats, "
-              "free page reporting (RSS -%.1f MiB)" % (BALLOON // MIB, rss0 - rss1, rss2 - rss3))
+              "free page reporting (RSS -%.1f MiB), deflate on OOM (%d KiB)"
+              % (BALLOON // MIB, rss0 - rss1, rss2 - rss3, deflated_kib))
         return 0
     finally:
         if proc.poll() is None:
