@@ -19,7 +19,8 @@
  *   the scanner    mv_host_start(): background workers share the guest's duplicate pages.
  *   the target     --target SIZE[,SIZE...]: set one after the other, each once the guest
  *                  reached the one before and checked its memory; or --policy FILE: the
- *                  policy engine ticks every period_ms in the main thread.
+ *                  policy engine ticks every period_ms in the main thread (its decision
+ *                  records to --decisions FILE, for `memvirt explain`).
  *
  * The guest is a PVH ELF kernel (--kernel; balloon-driver/pvh/ builds one): loaded at its
  * physical addresses, entered in 32-bit protected mode with %ebx = struct hvm_start_info,
@@ -79,7 +80,7 @@ struct hvm_memmap_entry {
 };
 
 struct opts {
-	const char *kernel, *cmdline, *policy;
+	const char *kernel, *cmdline, *policy, *decisions;
 	uint64_t mem;                  /* bytes */
 	uint64_t targets[MAX_TARGETS]; /* bytes */
 	unsigned nr_targets;
@@ -562,7 +563,8 @@ static int policy_setup(struct vmm *v)
 	struct mv_policy_config pc;
 	mv_policy_config_init(&pc);
 	pc.host = v->host;
-	pc.log_file = stdout;
+	if (v->o.decisions && !(pc.log_file = fopen(v->o.decisions, "we")))
+		return -errno;
 	char err[256] = "";
 	int rc = mv_policy_new(&pc, &v->policy);
 	if (!rc)
@@ -596,8 +598,8 @@ static uint64_t parse_size(const char *s, bool *ok)
 static int usage(void)
 {
 	fprintf(stderr, "usage: memvirt-vmm --kernel PVH.elf [--mem SIZE] [--target SIZE[,SIZE...]]\n"
-	        "       [--wait-merged PAGES] [--policy FILE] [--append CMDLINE] [--timeout S]\n"
-	        "       [--settle-ms MS] [--prefault]   (sizes in MiB unless K, M or G follows)\n");
+	        "       [--wait-merged PAGES] [--policy FILE [--decisions FILE]] [--append CMDLINE]\n"
+	        "       [--timeout S] [--settle-ms MS] [--prefault]   (sizes in MiB unless K, M or G follows)\n");
 	return 2;
 }
 
@@ -617,6 +619,7 @@ static int parse_args(struct opts *o, int argc, char **argv)
 		if (!strcmp(a, "--kernel")) o->kernel = val;
 		else if (!strcmp(a, "--append")) o->cmdline = val;
 		else if (!strcmp(a, "--policy")) o->policy = val;
+		else if (!strcmp(a, "--decisions")) o->decisions = val;
 		else if (!strcmp(a, "--mem")) o->mem = parse_size(val, &ok);
 		else if (!strcmp(a, "--timeout")) o->timeout_s = (unsigned)strtoul(val, NULL, 0);
 		else if (!strcmp(a, "--settle-ms")) o->settle_ms = (unsigned)strtoul(val, NULL, 0);
