@@ -495,7 +495,7 @@ static bool wait_merged(struct vmm *v, uint64_t deadline)
 	struct mv_scan_stats st = { 0 };
 	while (now_ns() < deadline && !v->guest_stopped) {
 		mv_vm_stats(v->vm, &st);
-		if (st.pages_merged + st.pages_zero >= v->o.wait_merged) {
+		if (st.pages_merged >= v->o.wait_merged) {
 			say("scanner: %llu pages merged, %llu zero pages released, %llu scanned, while the vCPU runs",
 			    (unsigned long long)st.pages_merged, (unsigned long long)st.pages_zero,
 			    (unsigned long long)st.pages_scanned);
