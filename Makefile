@@ -14,7 +14,7 @@ MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
 DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox \
-            user-mode-linux busybox-static
+            user-mode-linux busybox-static pkg-config g++ abigail-tools qemu-system-x86
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
@@ -24,7 +24,12 @@ CFLAGS   ?= -O2 -g
 BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim \
             -Iguests/uml -Ibench -Itools $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
-LDLIBS_LIB := -lurcu-bp -lurcu-cds -lxxhash -lnuma -ljson-c -linih -lm -pthread
+# xxHash is compiled in (ksm-scanner/hash.c): only its header is needed.
+LDLIBS_LIB := -lurcu-bp -lurcu-cds -lnuma -ljson-c -linih -lm -pthread
+# The page hash is also built for AVX2, chosen at run time (ksm-scanner/hash.c).
+ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
+AVX2FLAGS := -mavx2
+endif
 SAN      ?=
 ifeq ($(SAN),asan)
 CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -53,6 +58,15 @@ HOSTED_SRC := $(wildcard balloon-driver/hosted/*.c sim/*.c)
 GUEST_OBJ := $(DRV_OBJ) $(HOSTED_SRC:%.c=$(B)/obj/%.o)
 FREESTANDING := -std=gnu11 -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
             -fno-stack-protector -fPIC $(WARN)
+# The bare-metal guest (balloon-driver/pvh/): the driver core and the hosted port's page
+# allocator as real x86-64 guest code, a PVH ELF image. Its own flags: no user CFLAGS
+# (sanitizers), no libc; lib.c has mem* (loops the compiler must not turn into calls).
+PVH_SRC   := $(DRV_SRC) balloon-driver/hosted/galloc.c $(wildcard balloon-driver/pvh/*.c) balloon-driver/pvh/entry.S
+PVH_OBJ   := $(patsubst %,$(B)/guest/obj/%.o,$(basename $(PVH_SRC)))
+PVH_FLAGS := -std=gnu11 -O2 -g -ffreestanding -fno-builtin -nostdinc -isystem $(shell $(CC) -print-file-name=include) \
+            -Iballoon-driver/pvh/include -fno-stack-protector -fno-pic -fno-pie -mno-red-zone -mcmodel=small -mgeneral-regs-only \
+            -fno-tree-loop-distribute-patterns -fno-asynchronous-unwind-tables $(WARN)
+GUEST     := $(B)/guest/memvirt-guest.elf
 # Real guests (guests/): the UML launcher, linked by the CLI and by every test, and the
 # guests' root directory (busybox, init, memtool, virtio_balloon.ko), one for all builds.
 UML_SRC   := guests/uml/uml.c
@@ -65,13 +79,18 @@ TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
 TEST_HELP := $(wildcard tests/common/*.c)
+# Tests that are shell scripts (tests/*/test_*.sh) run through a wrapper in the build tree
+# that tells them where the sources and the build are.
+TEST_SH   := $(wildcard tests/*/test_*.sh)
+TEST_SH_BIN := $(patsubst tests/%.sh,$(B)/tests/%,$(TEST_SH))
 # The soak (`make soak`): its core is linked by the soak binary and by its smoke test.
 SOAK_TIME ?= 1800
 SOAK_SEED ?= 1
 SOAK_SRC  := $(filter-out tests/soak/main.c tests/soak/test_%.c,$(wildcard tests/soak/*.c))
 SOAK_OBJ  := $(SOAK_SRC:%.c=$(B)/obj/%.o)
 
-.PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding
+.PHONY: all deps test soak run install uninstall clean help asan tsan check-exports headers check-freestanding \
+        check-abi abi-baseline vmm
 all: $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/libmvguest.a $(B)/memvirt.pc $(B)/memvirt
 
 help:
@@ -81,6 +100,9 @@ help:
 	@echo "make soak       everything at once, every page verified, SOAK_TIME s (default 1800), SOAK_SEED=1"
 	@echo "make run        build and run the main job: memvirt density (table, build/density/*.csv, .png)"
 	@echo "make install    install into DESTDIR/PREFIX (default /usr/local)"
+	@echo "make vmm        the reference VMM (build/memvirt-vmm) and the bare-metal guest (build/guest/memvirt-guest.elf)"
+	@echo "make check-abi  compare the public ABI of build/libmemvirt.so with tests/abi/libmemvirt.abi"
+	@echo "make abi-baseline  accept the current public ABI as the baseline (after a version bump)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
 	@echo "make fuzz       fuzz the balloon device as a hostile guest and its vhost-user backend as a"
 	@echo "                hostile frontend (clang; FUZZ_TIME=180 s shared, FUZZ_TARGET=balloon|vhost_user)"
@@ -119,6 +141,24 @@ $(UML_ROOT)/.built: guests/uml/mkroot.sh guests/uml/init $(UML_TOOL)
 
 $(UML_OBJ): LIBFLAGS += $(UML_DEFS)
 
+$(B)/obj/ksm-scanner/hash_avx2.o: LIBFLAGS += $(AVX2FLAGS)
+
+$(B)/guest/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (guest)"
+	$(Q)$(CC) $(PVH_FLAGS) -MMD -MP -c $< -o $@
+
+$(B)/guest/obj/%.o: %.S
+	@mkdir -p $(dir $@)
+	@echo "  AS    $< (guest)"
+	$(Q)$(CC) $(PVH_FLAGS) -c $< -o $@
+
+$(PVH_OBJ): Makefile
+
+$(GUEST): $(PVH_OBJ) balloon-driver/pvh/pvh.ld
+	@echo "  LD    $@"
+	$(Q)$(CC) -nostdlib -static -no-pie -Wl,-T,balloon-driver/pvh/pvh.ld -Wl,--build-id=none -Wl,--no-warn-rwx-segments -o $@ $(PVH_OBJ)
+
 $(B)/libmvguest.a: $(GUEST_OBJ)
 	@echo "  AR    $@"
 	$(Q)rm -f $@ && ar rcs $@ $(GUEST_OBJ)
@@ -146,6 +186,28 @@ $(B)/tests/%: tests/%.c $(TEST_HELP) $(UML_OBJ) $(B)/libmemvirt.a $(B)/libmvgues
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	$(Q)$(CC) $(BASEFLAGS) $(UML_DEFS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(UML_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
+
+$(TEST_SH_BIN): $(B)/tests/%: tests/%.sh
+	@mkdir -p $(dir $@)
+	@echo "  GEN   $@"
+	$(Q)printf '#!/bin/sh\nMV_SRC=%s MV_B=%s MV_SAN=%s exec sh %s "$$@"\n' '$(CURDIR)' '$(B)' '$(SAN)' '$(CURDIR)/$<' > $@ && chmod +x $@
+
+# The install-and-link test installs from the build tree: the library and CLI first.
+$(B)/tests/install/test_install: all
+
+# The reference VMM links the installed library the documented way: installed into
+# $(B)/stage, then built by vmm/Makefile with pkg-config only.
+VMM := $(B)/memvirt-vmm
+$(VMM): vmm/vmm.c vmm/Makefile $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt $(wildcard include/memvirt/*.h)
+	@echo "  INST  $(B)/stage"
+	$(Q)$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(B)/stage >/dev/null
+	@echo "  LD    $@ (pkg-config memvirt from $(B)/stage)"
+	$(Q)PKG_CONFIG_PATH=$(CURDIR)/$(B)/stage/lib/pkgconfig $(MAKE) --no-print-directory -s -C vmm O=$(CURDIR)/$(B) CC=$(CC)
+vmm: $(VMM) $(GUEST)
+# The tests that boot the guest (skipped in sanitizer builds: the VMM links the plain library).
+ifeq ($(SAN),)
+GUEST_TESTS := $(VMM) $(GUEST)
+endif
 
 # Tests of the CLI's own parts link the objects they test.
 $(B)/tests/tools/test_ksmctl $(B)/tests/tools/test_journal: TEST_EXTRA := $(B)/obj/bench/ksmctl.o $(B)/obj/bench/journal.o
@@ -179,6 +241,17 @@ check-freestanding: $(DRV_OBJ)
 	@bad=$$(nm -u $(B)/obj/balloon-driver.o | awk 'NF == 2 {print $$2}' | sort -u | grep -vE '^(memcpy|memset|memmove|memcmp)$$'); \
 	if [ -n "$$bad" ]; then echo "balloon-driver core needs libc symbols: $$bad"; exit 1; fi; echo "  OK    balloon-driver core is freestanding"
 
+# The public ABI against the baseline in the tree (also run by `make test`).
+check-abi: $(B)/libmemvirt.so
+	$(Q)MV_SRC=$(CURDIR) MV_B=$(B) MV_SAN=$(SAN) sh tests/abi/test_abi.sh
+
+# Accept the ABI of the library just built as the new baseline: after a deliberate change
+# of the public API, with MV_VERSION_MINOR (additions) or MV_VERSION_MAJOR raised.
+abi-baseline: $(B)/libmemvirt.so
+	$(Q)sh tests/abi/abidw.sh $(CURDIR) $(B)/libmemvirt.so > tests/abi/libmemvirt.abi.tmp
+	$(Q)mv tests/abi/libmemvirt.abi.tmp tests/abi/libmemvirt.abi
+	@echo "  ABI   tests/abi/libmemvirt.abi now records $$(grep -c '<elf-symbol ' tests/abi/libmemvirt.abi) exported symbols of $(SONAME) $(VERSION)"
+
 headers:
 	@for h in include/memvirt/*.h; do \
 		echo "#include <memvirt/$$(basename $$h)>" | $(CC) -std=c11 -Iinclude -Wall -Werror -x c -c -o /dev/null - || exit 1; \
@@ -186,7 +259,7 @@ headers:
 	done; echo "  OK    public headers compile alone, as C and C++"
 
 test: deps
-	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN)
+	$(Q)$(MAKE) --no-print-directory all $(TEST_BIN) $(TEST_SH_BIN) $(GUEST_TESTS)
 	$(Q)$(MAKE) --no-print-directory check-exports $(if $(SAN),,check-freestanding) headers
 	$(Q)tests/run-tests $(B)/tests $(TEST)
 
@@ -223,4 +296,4 @@ clean:
 
 include tests/fuzz/fuzz.mk
 
--include $(shell find $(B)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(B)/obj $(B)/guest/obj -name '*.d' 2>/dev/null)

@@ -169,6 +169,7 @@ void mv__region_unprotect(struct mv_host *h, struct mv_region *r);
 #define MV_UNSTABLE_SLACK 4096
 void mv__domains_prune(struct mv_host *h);
 uint64_t mv__hash_page(const struct mv_host *h, const void *page);
+uint64_t mv__hash_page_avx2(const void *secret, size_t secret_len, const void *page);
 void mv__vma_refresh(struct mv_host *h, bool force);
 
 #endif

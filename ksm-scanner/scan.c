@@ -42,12 +42,6 @@
 #include <string.h>
 #include <sys/uio.h>
 #include <time.h>
-#include <xxh_x86dispatch.h>
-
-uint64_t mv__hash_page(const struct mv_host *h, const void *page)
-{
-	return XXH3_64bits_withSecret_dispatch(page, MV_PAGE_SIZE, h->secret, sizeof(h->secret));
-}
 
 static void set_sum(struct chunk *c, unsigned i, uint64_t hash)
 {

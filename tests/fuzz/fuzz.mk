@@ -42,6 +42,8 @@ $(FUZZ_OBJ): $(FUZZ_B)/obj/%.o: %.c
 	@echo "  CC    $< (fuzz)"
 	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -MMD -MP -c $< -o $@
 
+$(FUZZ_B)/obj/ksm-scanner/hash_avx2.o: FUZZ_FLAGS += $(AVX2FLAGS)
+
 $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
 	@echo "  LD    $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -o $@ $< $(FUZZ_OBJ) $(LDLIBS_LIB)
