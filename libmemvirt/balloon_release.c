@@ -140,8 +140,13 @@ int mv__bl_worker_queue(struct mv_balloon *b, uint64_t serial, const struct mv_p
 		w->q = q;
 		w->cap = cap;
 	}
-	for (size_t i = 0; i < n; i++)
-		w->q[w->n++] = (struct mv_bl_pending){ serial, r[i] };
+	for (size_t i = 0; i < n; i++) {
+		struct mv_bl_pending *last = w->n ? &w->q[w->n - 1] : NULL;
+		if (last && last->serial == serial && last->range.first + last->range.n == r[i].first)
+			last->range.n += r[i].n; /* requests in a row often continue each other */
+		else
+			w->q[w->n++] = (struct mv_bl_pending){ serial, r[i] };
+	}
 	pthread_cond_signal(&w->work);
 	return 0;
 }
