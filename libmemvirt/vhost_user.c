@@ -29,7 +29,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -78,6 +78,14 @@ static bool inband(const struct mv_vhost_user *vu)
 	       (BIT(VU_PF_INBAND) | BIT(VU_PF_BACKEND_REQ));
 }
 
+/* Kick and call descriptors are made non-blocking: on the file description the frontend
+ * shares (documented in vhost_user.h), so that no read or write of ours can wait. */
+static int set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ? -1 : 0;
+}
+
 static void close_fd(int *fd)
 {
 	if (*fd >= 0)
@@ -94,8 +102,8 @@ static int send_msg(int fd, uint32_t request, uint32_t flags, const void *payloa
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
 	ssize_t n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
 	if (n < 0)
-		return -errno;
-	return (size_t)n == sizeof(h) + size ? 0 : -EAGAIN; /* a frontend that reads nothing */
+		return -errno; /* -EAGAIN: nothing sent, a frontend that reads nothing */
+	return (size_t)n == sizeof(h) + size ? 0 : -EMSGSIZE; /* part of it: the stream is cut */
 }
 
 static int reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
@@ -104,18 +112,41 @@ static int reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
 }
 
 /* Ring a call fd: 8 bytes, never waiting and never raising SIGPIPE (the frontend may
- * hand us anything, and shares the descriptor): a socket gets send(); an eventfd or a
- * pipe is written only when poll() says it has room and a reader. */
+ * hand us anything, and may write or close its end at any moment): a socket gets send();
+ * an eventfd or a pipe, made non-blocking when it was given, a write() with SIGPIPE
+ * blocked in this thread meanwhile (one it raises is taken back before unblocking). */
 static bool call_fd_write(int fd)
 {
 	uint64_t one = 1;
 	ssize_t n = send(fd, &one, sizeof(one), MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (n < 0 && errno == ENOTSOCK) {
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		if (poll(&p, 1, 0) == 1 && p.revents == POLLOUT)
-			n = write(fd, &one, sizeof(one));
+	if (n >= 0 || errno != ENOTSOCK)
+		return n == sizeof(one);
+	sigset_t pipe, old, pending;
+	sigemptyset(&pipe);
+	sigaddset(&pipe, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe, &old);
+	sigpending(&pending);
+	bool was_pending = sigismember(&pending, SIGPIPE);
+	n = write(fd, &one, sizeof(one));
+	if (n < 0 && errno == EPIPE && !was_pending) {
+		struct timespec now = { 0, 0 };
+		sigtimedwait(&pipe, NULL, &now);
 	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return n == sizeof(one);
+}
+
+/* A message on the backend channel. One cut short leaves the channel's stream out of
+ * step for good: the channel is closed (the frontend sees its end). fd_lock held. */
+static int backend_send(struct mv_vhost_user *vu, uint32_t request, const void *payload, uint32_t size)
+{
+	int err = send_msg(vu->backend, request, 0, payload, size);
+	if (err == -EMSGSIZE || err == -EPIPE || err == -ECONNRESET) {
+		mv__log(vu->b->h, MV_LOG_WARN, "vm %s vhost-user: backend channel closed (%s)",
+		        vu->vm->name, mv_strerror(err));
+		close_fd(&vu->backend);
+	}
+	return err;
 }
 
 /* The device's interrupt hook (device mutex held; any thread). */
@@ -125,13 +156,13 @@ static void interrupt(void *opaque, int queue)
 	pthread_mutex_lock(&vu->fd_lock);
 	if (queue < 0) {
 		if (vu->backend >= 0 && vu->protocol & BIT(VU_PF_CONFIG))
-			send_msg(vu->backend, VU_BACKEND_CONFIG_CHANGE, 0, NULL, 0);
+			backend_send(vu, VU_BACKEND_CONFIG_CHANGE, NULL, 0);
 	} else if (vu->q[queue].call >= 0) {
 		if (call_fd_write(vu->q[queue].call))
 			vu->calls++;
 	} else if (inband(vu) && vu->backend >= 0) {
 		struct vu_state st = { (uint32_t)queue, 0 };
-		if (!send_msg(vu->backend, VU_BACKEND_VRING_CALL, 0, &st, sizeof(st)))
+		if (!backend_send(vu, VU_BACKEND_VRING_CALL, &st, sizeof(st)))
 			vu->calls++;
 	}
 	pthread_mutex_unlock(&vu->fd_lock);
@@ -342,10 +373,8 @@ static int ring_kick_fd(struct mv_vhost_user *vu, uint64_t v)
 	if (fd >= 0) {
 		/* read only when ready, but a stale event or the frontend draining its own
 		 * eventfd must not make that read wait */
-		int fl = fcntl(fd, F_GETFL);
 		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)q };
-		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ||
-		    epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
+		if (set_nonblock(fd) || epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
 			int err = -errno;
 			close(fd);
 			return err;
@@ -370,6 +399,11 @@ static int ring_call_fd(struct mv_vhost_user *vu, uint64_t v, bool err_fd)
 	if (err_fd) { /* the device never reports ring errors */
 		close_fd(&fd);
 		return 0;
+	}
+	if (fd >= 0 && set_nonblock(fd)) {
+		int err = -errno;
+		close(fd);
+		return err;
 	}
 	pthread_mutex_lock(&vu->fd_lock);
 	close_fd(&vu->q[q].call);

@@ -69,6 +69,29 @@ static int install(struct mv_vhost_user *vu, struct vu_mreg *m, unsigned n)
 	return 0;
 }
 
+/* The VM's regions become the new table's; if they cannot (the VM refuses a region),
+ * the old table is put back and stays in force. The old mappings go only on success. */
+static int replace(struct mv_vhost_user *vu, struct vu_mreg *m, unsigned n)
+{
+	struct vu_mreg old[VU_MAX_REGIONS];
+	unsigned nold = vu->nmem;
+	memcpy(old, vu->mem, nold * sizeof(*old));
+	for (unsigned i = 0; i < nold; i++)
+		mv_vm_region_remove(vu->vm, i);
+	vu->nmem = 0;
+	int err = install(vu, m, n);
+	if (!err) {
+		unmap_all(old, nold);
+		return 0;
+	}
+	if (install(vu, old, nold)) {
+		mv__log(vu->vm->host, MV_LOG_ERROR, "vm %s vhost-user: the old memory table could not "
+		        "be put back: no guest memory until the next SET_MEM_TABLE", vu->vm->name);
+		unmap_all(old, nold);
+	}
+	return err;
+}
+
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t size,
                    const int *fds, unsigned nfds)
 {
@@ -93,10 +116,8 @@ int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t si
 		}
 		m[n] = (struct vu_mreg){ r->gpa, r->size, r->uaddr, p, -1 };
 	}
-	if (!err) {
-		mv__vu_mem_clear(vu);
-		err = install(vu, m, n);
-	}
+	if (!err)
+		err = replace(vu, m, n);
 	if (err) {
 		unmap_all(m, n);
 		return err;

@@ -33,10 +33,11 @@ extern "C" {
  * connection. The frontend's memory files must keep their size while mapped (a file
  * truncated under the mapping makes accesses fault with SIGBUS, as in every vhost-user
  * backend): seal memfds with F_SEAL_SHRINK. Nothing waits on the frontend's descriptors:
- * kick descriptors are made O_NONBLOCK (a flag the frontend's copy shares), call
- * descriptors are written only when they take 8 bytes at once and have a reader (a
- * notification that cannot be delivered is dropped), and a kick pipe or socket that
- * reaches its end is no longer watched.
+ * kick and call descriptors are made O_NONBLOCK (a flag the frontend's copy shares), a
+ * call that cannot be delivered at once is dropped (SIGPIPE from a call pipe without a
+ * reader is blocked in the writing thread and taken back), a kick pipe or socket that
+ * reaches its end is no longer watched, and a backend-channel message cut short closes
+ * the channel rather than leave its stream out of step.
  *
  * Protocol features offered: REPLY_ACK, BACKEND_REQ (config-change notices, in-band
  * calls), CONFIG, RESET_DEVICE, and INBAND_NOTIFICATIONS when configured. A frontend

@@ -127,6 +127,23 @@ static void table_refused(struct fe *f, const struct vmem *m, const int *fds, un
 	unchanged(f, &s);
 }
 
+/* A new table the VM refuses (a region of the caller's own where the table wants one):
+ * the old table is put back and still carries the rings. */
+static void mem_table_refused_by_the_vm(void **state)
+{
+	struct fe *f = *state;
+	size_t len = 64 * TPAGE;
+	uint8_t *own = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(own != MAP_FAILED);
+	assert_int_equal(mv_vm_region_add(f->vm, 9, 4 * MEM, own, len, MV_REGION_NEVER_MERGE), 0);
+	struct vmem m = { 2, 0, { { 0, MEM, UA, 0 }, { 4 * MEM, MEM, UA + 4 * MEM, 0 } } };
+	int fds[2] = { f->memfd, f->memfd };
+	table_refused(f, &m, fds, 2);
+	still_works(f);
+	assert_int_equal(mv_vm_region_remove(f->vm, 9), 0);
+	munmap(own, len);
+}
+
 static void mem_table_counts(void **state)
 {
 	struct fe *f = *state;
@@ -468,6 +485,40 @@ static void never_reads_replies(void **state)
 	print_message("connection ended after %u unread replies\n", i);
 }
 
+/* The backend channel: a frontend that never reads it gets only whole messages (those
+ * that do not fit are dropped); one that closes it costs the backend its end, without
+ * SIGPIPE, and the device goes on. */
+static void backend_channel_unread_or_closed(void **state)
+{
+	struct fe *f = *state;
+	struct mv_balloon *b = mv_vhost_user_balloon(f->vu);
+	for (unsigned i = 1; i <= 20000; i++)
+		assert_int_equal(mv_balloon_set_target(b, (uint64_t)(i % 64) * TPAGE), 0);
+	struct hdr h;
+	uint8_t pl[64];
+	unsigned n = 0;
+	int r;
+	while ((r = recv_msg(f->chan, &h, pl, sizeof(pl))) == 0) {
+		assert_int_equal(h.req, 2 /* CONFIG_CHANGE */);
+		assert_int_equal(h.flags, VERSION);
+		n++;
+	}
+	print_message("%u whole config-change messages of 20000, then the channel was full\n", n);
+	assert_true(n > 0 && n < 20000);
+	struct sigaction sa = { .sa_handler = on_pipe }, old;
+	sigaction(SIGPIPE, &sa, &old);
+	sigpipes = 0;
+	close(f->chan);
+	f->chan = -1;
+	long fds = count_fds();
+	assert_int_equal(mv_balloon_set_target(b, 3 * TPAGE), 0);
+	assert_int_equal(mv_balloon_set_target(b, 4 * TPAGE), 0);
+	sigaction(SIGPIPE, &old, NULL);
+	assert_int_equal(sigpipes, 0);
+	assert_int_equal(count_fds(), fds - 1); /* the backend closed its end */
+	still_works(f);
+}
+
 /* ---- the guest's ring is hostile, through the vhost-user transport ---- */
 
 static void guest_ring_hostile(void **state)
@@ -534,6 +585,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(cut_then_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(closed_between_messages, setup, teardown),
 		cmocka_unit_test_setup_teardown(never_reads_replies, setup, teardown),
+		cmocka_unit_test_setup_teardown(mem_table_refused_by_the_vm, setup, teardown),
+		cmocka_unit_test_setup_teardown(backend_channel_unread_or_closed, setup, teardown),
 		cmocka_unit_test_setup_teardown(guest_ring_hostile, setup, teardown),
 	};
 	int rc = cmocka_run_group_tests_name("vhost-user hostile frontend", tests, NULL, NULL);
