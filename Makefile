@@ -21,7 +21,7 @@ ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
-BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Iksm-scanner -Ipolicy -Iballoon-driver -Isim \
+BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Ilibmemvirt/balloon -Iksm-scanner -Ipolicy -Iballoon-driver -Isim \
             -Iguests/uml -Ibench -Itools $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
 # xxHash is compiled in (ksm-scanner/hash.c): only its header is needed.
@@ -48,7 +48,7 @@ else
 Q := @
 endif
 
-LIB_SRC   := $(wildcard libmemvirt/*.c ksm-scanner/*.c policy/*.c)
+LIB_SRC   := $(wildcard libmemvirt/*.c libmemvirt/balloon/*.c ksm-scanner/*.c policy/*.c)
 LIB_OBJ   := $(LIB_SRC:%.c=$(B)/obj/%.o)
 # The guest driver: freestanding core, plus the hosted port (a simulated guest in-process)
 # and the simulated guests' workloads (sim/).

@@ -141,6 +141,6 @@ static inline int drvkit_main(const char *group, const struct conf_row *rows, si
 	return rc;
 }
 
-#define ROW(clause, level, text, fn) { clause, "driver", level, text, fn }
+#define ROW(clause, level, text, fn) { clause, "driver", level, text, fn, NULL }
 
 #endif
