@@ -72,6 +72,7 @@ int density_main(int argc, char **argv);
  * if it did); -1 after a line on stderr when the journal is refused or another run holds it. */
 int restore_main(int argc, char **argv);
 int balloon_backend_main(int argc, char **argv);
+int balloon_ctl_main(int argc, char **argv);
 int bench_settings_recover(const char *who);
 
 #endif

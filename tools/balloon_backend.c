@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static void usage(FILE *f)
@@ -22,7 +25,7 @@ static void usage(FILE *f)
 	        "                         info               every connection's state\n"
 	        "                         stats [ID]         ask the guest for fresh statistics\n"
 	        "                         hint start|stop [ID]  free page hint run\n"
-	        "                       (e.g. echo 'target 512M' | socat - UNIX-CONNECT:PATH)\n"
+	        "                       (memvirt balloon-ctl PATH target 512M)\n"
 	        "  --target SIZE        target for every new connection (default 0)\n"
 	        "  --log-ms N           a JSON info line per connection every N ms (default 1000; 0 off)\n"
 	        "  --max-conns N        connections served at once (default 8)\n"
@@ -137,4 +140,50 @@ int balloon_backend_main(int argc, char **argv)
 	mv_host_free(h);
 	close(stop);
 	return err ? 1 : 0;
+}
+
+/* `memvirt balloon-ctl PATH COMMAND...`: one command to a running balloon-backend's
+ * control socket, its JSON answer on stdout (exit 1 if the answer is an error). */
+int balloon_ctl_main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: memvirt balloon-ctl CONTROL-SOCKET COMMAND...\n"
+		        "  commands: target [ID] SIZE, info, stats [ID], hint start|stop [ID]\n");
+		return 2;
+	}
+	char line[256] = "";
+	for (int i = 2; i < argc; i++)
+		if (snprintf(line + strlen(line), sizeof(line) - strlen(line), "%s%s", i > 2 ? " " : "",
+		             argv[i]) >= (int)(sizeof(line) - strlen(line))) {
+			fprintf(stderr, "memvirt balloon-ctl: command too long\n");
+			return 2;
+		}
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	if (strlen(argv[1]) >= sizeof(a.sun_path)) {
+		fprintf(stderr, "memvirt balloon-ctl: %s: path too long\n", argv[1]);
+		return 2;
+	}
+	strcpy(a.sun_path, argv[1]);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct timeval tv = { 5, 0 };
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+	    connect(fd, (struct sockaddr *)&a, sizeof(a))) {
+		fprintf(stderr, "memvirt balloon-ctl: %s: %s\n", argv[1], strerror(errno));
+		return 1;
+	}
+	strcat(line, "\n");
+	char reply[65536];
+	size_t n = 0;
+	ssize_t r = write(fd, line, strlen(line)) == (ssize_t)strlen(line) ? 0 : -1;
+	while (r >= 0 && n < sizeof(reply) - 1 && !memchr(reply, '\n', n) &&
+	       (r = read(fd, reply + n, sizeof(reply) - 1 - n)) > 0)
+		n += (size_t)r;
+	close(fd);
+	reply[n] = 0;
+	if (!memchr(reply, '\n', n)) {
+		fprintf(stderr, "memvirt balloon-ctl: no answer from %s\n", argv[1]);
+		return 1;
+	}
+	fputs(reply, stdout);
+	return strstr(reply, "\"error\"") ? 1 : 0;
 }

@@ -18,6 +18,7 @@ static void usage(FILE *f)
 	        "  bench guest [--ws LIST] [--no-ksm] [--json]      what each engine costs a running guest\n"
 	        "  balloon-backend --socket PATH [--control PATH]   the balloon device as a vhost-user\n"
 	        "                                                   backend (crosvm, cloud-hypervisor, UML)\n"
+	        "  balloon-ctl CONTROL COMMAND...                   a command to a running balloon-backend\n"
 	        "  restore                                          put back kernel settings a run that\n"
 	        "                                                   was killed left changed (journal)\n"
 	        "  version                                          library version\n"
@@ -62,6 +63,8 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(argv[1], "density"))
 		return density_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "balloon-ctl"))
+		return balloon_ctl_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "balloon-backend"))
 		return balloon_backend_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "restore"))

@@ -1,5 +1,6 @@
 /* test_cli.c - the memvirt CLI as an admin runs it: bad numeric options are refused with
- * a message naming the option and exit status 2, before anything runs. */
+ * a message naming the option and exit status 2, before anything runs; balloon-backend and
+ * balloon-ctl talk over the control socket. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -119,6 +121,77 @@ static void bench_guest_refuses_bad_numbers(void **state)
 	guest_refused("--settle-quiet", "0");
 }
 
+/* Run the CLI with stdout captured into out (one line at most). */
+static int run_out(const char *const *args, char *out, size_t max)
+{
+	char cmd[4096];
+	int k = snprintf(cmd, sizeof(cmd), "timeout -s KILL 30 %s", cli);
+	for (size_t i = 0; args[i]; i++)
+		k += snprintf(cmd + k, sizeof(cmd) - (size_t)k, " '%s'", args[i]);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	out[0] = 0;
+	if (!fgets(out, (int)max, p))
+		out[0] = 0;
+	char sink[256];
+	while (fgets(sink, sizeof(sink), p))
+		;
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* balloon-backend: bad options refused before it listens; its control socket answers
+ * balloon-ctl (bad commands with a message and exit 1); SIGTERM ends it cleanly and its
+ * socket files go. */
+static void balloon_backend_and_ctl(void **state)
+{
+	char err[512], out[4096], sock[96], ctl[96];
+	assert_int_equal(mkdir(out_dir, 0700), 0);
+	snprintf(sock, sizeof(sock), "%s/b.sock", out_dir);
+	snprintf(ctl, sizeof(ctl), "%s/c.sock", out_dir);
+	const char *bad1[] = { "balloon-backend", "--socket", sock, "--target", "-1", NULL };
+	assert_int_equal(run(bad1, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--target"));
+	const char *bad2[] = { "balloon-backend", "--socket", sock, "--features", "stats,bogus", NULL };
+	assert_int_equal(run(bad2, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "bogus"));
+	const char *bad3[] = { "balloon-backend", NULL };
+	assert_int_equal(run(bad3, err, sizeof(err)), 2);
+	struct stat st;
+	assert_int_not_equal(stat(sock, &st), 0);
+	const char *none[] = { "balloon-ctl", ctl, "info", NULL };
+	assert_int_equal(run(none, err, sizeof(err)), 1); /* nothing listens */
+
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (!pid) {
+		execl(cli, cli, "balloon-backend", "--socket", sock, "--control", ctl, "--log-ms", "0",
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && stat(ctl, &st); i++)
+		usleep(10000);
+	assert_int_equal(run_out(none, out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"connections\":[]"));
+	const char *tgt[] = { "balloon-ctl", ctl, "target", "512M", NULL };
+	assert_int_equal(run_out(tgt, out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"ok\":true"));
+	const char *bad_tgt[] = { "balloon-ctl", ctl, "target", "lots", NULL };
+	assert_int_equal(run_out(bad_tgt, out, sizeof(out)), 1);
+	assert_non_null(strstr(out, "lots"));
+	const char *unknown[] = { "balloon-ctl", ctl, "explode", NULL };
+	assert_int_equal(run_out(unknown, out, sizeof(out)), 1);
+	assert_non_null(strstr(out, "unknown command"));
+	const char *missing[] = { "balloon-ctl", ctl, "stats", "7", NULL };
+	assert_int_equal(run_out(missing, out, sizeof(out)), 1);
+	kill(pid, SIGTERM);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_not_equal(stat(sock, &st), 0);
+	assert_int_not_equal(stat(ctl, &st), 0);
+}
+
 static void bench_guest_help(void **state)
 {
 	const char *args[] = { "bench", "guest", "--help", NULL };
@@ -132,6 +205,7 @@ int main(void)
 		cmocka_unit_test(bad_numbers_are_refused),
 		cmocka_unit_test(bench_guest_refuses_bad_numbers),
 		cmocka_unit_test(bench_guest_help),
+		cmocka_unit_test_setup_teardown(balloon_backend_and_ctl, NULL, teardown),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
