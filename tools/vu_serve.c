@@ -116,6 +116,7 @@ static void accept_conn(struct vu_serve *s)
 		mv_vm_free(c->vm);
 	if (err) {
 		fprintf(logf_(s), "memvirt: connection refused: %s\n", mv_strerror(err));
+		fflush(logf_(s));
 		close(fd);
 		free(c);
 		return;
@@ -125,6 +126,7 @@ static void accept_conn(struct vu_serve *s)
 	s->conn[s->n++] = c;
 	pthread_mutex_unlock(&s->lock);
 	fprintf(logf_(s), "memvirt: frontend %u connected\n", c->id);
+	fflush(logf_(s));
 }
 
 static void end_conn(struct vu_serve *s, unsigned i, int why)
@@ -136,6 +138,7 @@ static void end_conn(struct vu_serve *s, unsigned i, int why)
 	pthread_mutex_unlock(&s->lock);
 	fprintf(logf_(s), "memvirt: frontend %u %s\n", c->id,
 	        why == -ECONNRESET ? "disconnected" : "dropped: malformed message");
+	fflush(logf_(s));
 	mv_vhost_user_free(c->vu);
 	mv_vm_free(c->vm);
 	free(c);
