@@ -220,7 +220,7 @@ $(B)/tests/guests/test_linux_balloon: TEST_EXTRA := $(B)/obj/tools/vu_serve.o $(
 $(B)/tests/guests/test_linux_balloon: $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
 
 # The vhost-user tests share their fake frontend.
-$(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile: tests/libmemvirt/vufront.h
+$(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile $(B)/tests/libmemvirt/test_vhost_user_threads: tests/libmemvirt/vufront.h
 
 # The soak's smoke test runs its loop for 10 s.
 $(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)

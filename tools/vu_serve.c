@@ -109,6 +109,7 @@ static void accept_conn(struct vu_serve *s)
 	mv_vhost_user_config_init(&cfg);
 	cfg.balloon.no_release = s->o.no_release;
 	cfg.balloon.release_thread = true;
+	cfg.call_thread = true; /* frontends are not trusted */
 	if (s->o.features)
 		cfg.balloon.features = s->o.features;
 	cfg.inband_notifications = s->o.inband;

@@ -48,7 +48,8 @@ extern "C" {
  *
  * Threads: mv_vhost_user_dispatch() is called from one thread at a time (the VMM's or
  * daemon's event loop); the balloon (mv_vhost_user_balloon()) may be used from any
- * thread as documented in balloon.h, and mv_vhost_user_info() too. No thread of its own.
+ * thread as documented in balloon.h, and mv_vhost_user_info() too. No thread of its own
+ * unless call_thread (or the device's release_thread) is asked for.
  */
 struct mv_vhost_user;
 
@@ -60,6 +61,14 @@ struct mv_vhost_user_config {
 	                                    used when set. queue_max is capped at 32768. */
 	bool inband_notifications;       /* offer INBAND_NOTIFICATIONS: kicks and calls travel
 	                                    as messages; default false (eventfds are faster) */
+	bool call_thread;                /* ring call descriptors from a thread of this
+	                                    connection. A frontend shares each call descriptor's
+	                                    file description: it can clear O_NONBLOCK and fill
+	                                    its eventfd, and a write to it then waits. With this,
+	                                    only that thread waits (cancelled at
+	                                    mv_vhost_user_free()); without it, the thread that
+	                                    finished the request, holding the device mutex. Serve
+	                                    frontends you do not trust with it. Default false. */
 };
 
 void mv_vhost_user_config_init(struct mv_vhost_user_config *cfg);

@@ -235,6 +235,9 @@ int mv__bl_queue_start(struct mv_balloon *b, unsigned q, const struct mv_virtq_s
 
 int mv__bl_queue_stop(struct mv_balloon *b, unsigned q, uint16_t *base)
 {
+	/* a stopped device writes no guest memory: what inflates left queued is released
+	 * before the frontend hears the ring stopped (it may hand the memory to a new guest) */
+	mv__bl_worker_drain(b);
 	if (q >= b->nr_vq)
 		return -EINVAL;
 	*base = b->vq[q].ready ? mv__vq_resume_index(&b->vq[q]) : 0;
@@ -366,6 +369,13 @@ int mv__bl_queue_notify(struct mv_balloon *b, unsigned q)
 {
 	if (q >= b->nr_vq)
 		return -EINVAL;
+	/* A deflate waits for releases still queued (mv__bl_pfns()). Waiting drops the device
+	 * mutex, so it happens before anything of the queue is looked at: from begin to end
+	 * the mutex is held, and a reset or another notify cannot come in between. */
+	if (b->role[q] == BL_DEFLATE)
+		mv__bl_worker_drain(b);
+	if (q >= b->nr_vq)
+		return -EINVAL; /* a reset and a new negotiation while waiting */
 	struct mv_vq *vq = &b->vq[q];
 	if (!live(b) || !vq->ready)
 		return 0;

@@ -401,12 +401,10 @@ bool mv__bl_pfns(struct mv_balloon *b, struct mv_region_map *map, const struct m
 	/* With MUST_TELL_HOST the driver cannot use an inflated page before its deflate
 	 * request is answered: inflated pages are released after the answer (by the release
 	 * thread if the device has one, else by mv__bl_release_pending()), and a deflate
-	 * waits for releases still pending. Otherwise the driver may reuse a page as soon as
+	 * notification waits for releases still pending before it takes any request. Otherwise the driver may reuse a page as soon as
 	 * it queued its deflate, and pages are released before the answer. */
 	bool tell = b->features & (1ull << MV_BALLOON_F_MUST_TELL_HOST);
-	if (!inflate)
-		mv__bl_worker_drain(b);
-	b->rv_defer = inflate && tell;
+	b->rv_defer = inflate && tell; /* deflates drained the queue first (mv__bl_queue_notify) */
 	while (w->buf < c->n && *budget) {
 		if (w->at == w->n) { /* the next buffer */
 			w->at = 0;

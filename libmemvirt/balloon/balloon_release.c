@@ -50,12 +50,14 @@ static uint64_t release(struct mv_balloon *b, const struct mv_bl_pending *e, siz
 	return pages;
 }
 
+#define SLICE 1024 /* ranges per RCU read-side section and discard call */
+
 static void *worker(void *arg)
 {
 	struct mv_balloon *b = arg;
 	struct mv_bl_worker *w = &b->worker;
 	struct mv_bl_pending *mine = NULL;
-	struct mv_prange *tmp = NULL;
+	struct mv_prange tmp[SLICE];
 	size_t cap = 0;
 	pthread_mutex_lock(&b->lock);
 	for (;;) {
@@ -72,15 +74,11 @@ static void *worker(void *arg)
 		w->busy = n;
 		mine = q;
 		cap = qcap;
-		struct mv_prange *t = realloc(tmp, n * sizeof(*t));
-		if (t)
-			tmp = t;
 		pthread_mutex_unlock(&b->lock);
-		uint64_t pages = t ? release(b, mine, n, tmp) : 0;
+		uint64_t pages = 0;
+		for (size_t at = 0; at < n; at += SLICE) /* region changes wait for one slice */
+			pages += release(b, mine + at, n - at < SLICE ? n - at : SLICE, tmp);
 		pthread_mutex_lock(&b->lock);
-		if (!t)
-			mv__log(b->h, MV_LOG_WARN, "vm %s balloon: no memory to release %zu ranges",
-			        b->vm->name, n);
 		b->released += pages * MV_PAGE_SIZE;
 		w->busy = 0;
 		if (!w->n)
@@ -90,7 +88,6 @@ static void *worker(void *arg)
 	pthread_cond_broadcast(&w->drained);
 	pthread_mutex_unlock(&b->lock);
 	free(mine);
-	free(tmp);
 	return NULL;
 }
 

@@ -36,6 +36,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum {
@@ -46,17 +47,12 @@ enum {
 	VU_SET_PROTOCOL_FEATURES = 16, VU_SET_VRING_ENABLE = 18, VU_SET_BACKEND_REQ_FD = 21,
 	VU_GET_CONFIG = 24, VU_SET_CONFIG = 25, VU_RESET_DEVICE = 34, VU_VRING_KICK = 35,
 };
-enum { VU_BACKEND_CONFIG_CHANGE = 2, VU_BACKEND_VRING_CALL = 4 };
 
-#define VU_VERSION         1u
 #define VU_FLAG_REPLY      (1u << 2)
 #define VU_FLAG_NEED_REPLY (1u << 3)
 #define VU_F_PROTOCOL      30   /* VHOST_USER_F_PROTOCOL_FEATURES */
 #define VU_PF_REPLY_ACK    3
-#define VU_PF_BACKEND_REQ  5
-#define VU_PF_CONFIG       9
 #define VU_PF_RESET_DEVICE 13
-#define VU_PF_INBAND       14
 #define VU_RING_NOFD       (1ull << 8)
 #define VU_RING_INDEX      0xffull
 #define VU_MSGS_PER_CALL   64   /* then the loop gets a turn; the socket stays readable */
@@ -78,94 +74,9 @@ static bool inband(const struct mv_vhost_user *vu)
 	       (BIT(VU_PF_INBAND) | BIT(VU_PF_BACKEND_REQ));
 }
 
-/* Kick and call descriptors are made non-blocking: on the file description the frontend
- * shares (documented in vhost_user.h), so that no read or write of ours can wait. */
-static int set_nonblock(int fd)
-{
-	int fl = fcntl(fd, F_GETFL);
-	return fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) ? -1 : 0;
-}
-
-static void close_fd(int *fd)
-{
-	if (*fd >= 0)
-		close(*fd);
-	*fd = -1;
-}
-
-/* ---- sending: never blocks ---- */
-
-static int send_msg(int fd, uint32_t request, uint32_t flags, const void *payload, uint32_t size)
-{
-	struct vu_hdr h = { request, flags | VU_VERSION, size };
-	struct iovec iov[2] = { { &h, sizeof(h) }, { (void *)payload, size } };
-	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = size ? 2 : 1 };
-	ssize_t n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (n < 0)
-		return -errno; /* -EAGAIN: nothing sent, a frontend that reads nothing */
-	return (size_t)n == sizeof(h) + size ? 0 : -EMSGSIZE; /* part of it: the stream is cut */
-}
-
 static int reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
 {
-	return send_msg(vu->sock, vu->hdr.request, VU_FLAG_REPLY, payload, size);
-}
-
-/* Ring a call fd: 8 bytes, never waiting and never raising SIGPIPE (the frontend may
- * hand us anything, and may write or close its end at any moment): a socket gets send();
- * an eventfd or a pipe, made non-blocking when it was given, a write() with SIGPIPE
- * blocked in this thread meanwhile (one it raises is taken back before unblocking). */
-static bool call_fd_write(int fd)
-{
-	uint64_t one = 1;
-	ssize_t n = send(fd, &one, sizeof(one), MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (n >= 0 || errno != ENOTSOCK)
-		return n == sizeof(one);
-	sigset_t pipe, old, pending;
-	sigemptyset(&pipe);
-	sigaddset(&pipe, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe, &old);
-	sigpending(&pending);
-	bool was_pending = sigismember(&pending, SIGPIPE);
-	n = write(fd, &one, sizeof(one));
-	if (n < 0 && errno == EPIPE && !was_pending) {
-		struct timespec now = { 0, 0 };
-		sigtimedwait(&pipe, NULL, &now);
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	return n == sizeof(one);
-}
-
-/* A message on the backend channel. One cut short leaves the channel's stream out of
- * step for good: the channel is closed (the frontend sees its end). fd_lock held. */
-static int backend_send(struct mv_vhost_user *vu, uint32_t request, const void *payload, uint32_t size)
-{
-	int err = send_msg(vu->backend, request, 0, payload, size);
-	if (err == -EMSGSIZE || err == -EPIPE || err == -ECONNRESET) {
-		mv__log(vu->b->h, MV_LOG_WARN, "vm %s vhost-user: backend channel closed (%s)",
-		        vu->vm->name, mv_strerror(err));
-		close_fd(&vu->backend);
-	}
-	return err;
-}
-
-/* The device's interrupt hook (device mutex held; any thread). */
-static void interrupt(void *opaque, int queue)
-{
-	struct mv_vhost_user *vu = opaque;
-	pthread_mutex_lock(&vu->fd_lock);
-	if (queue < 0) {
-		if (vu->backend >= 0 && vu->protocol & BIT(VU_PF_CONFIG))
-			backend_send(vu, VU_BACKEND_CONFIG_CHANGE, NULL, 0);
-	} else if (vu->q[queue].call >= 0) {
-		if (call_fd_write(vu->q[queue].call))
-			vu->calls++;
-	} else if (inband(vu) && vu->backend >= 0) {
-		struct vu_state st = { (uint32_t)queue, 0 };
-		if (!backend_send(vu, VU_BACKEND_VRING_CALL, &st, sizeof(st)))
-			vu->calls++;
-	}
-	pthread_mutex_unlock(&vu->fd_lock);
+	return mv__vu_send(vu->sock, vu->hdr.request, VU_FLAG_REPLY, payload, size);
 }
 
 static uint64_t user_now(void *opaque)
@@ -188,8 +99,8 @@ static void queues_reset(struct mv_vhost_user *vu)
 		struct vu_queue *x = &vu->q[q];
 		if (x->kick >= 0)
 			epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-		close_fd(&x->kick);
-		close_fd(&x->call);
+		mv__vu_close(&x->kick);
+		mv__vu_close(&x->call);
 		*x = (struct vu_queue){ .kick = -1, .call = -1 };
 	}
 	pthread_mutex_unlock(&vu->fd_lock);
@@ -239,6 +150,8 @@ static int set_features(struct mv_vhost_user *vu, uint64_t f)
 }
 
 /* Hand complete rings to the device; DRIVER_OK once every ring of the layout runs. */
+static void kick(struct mv_vhost_user *vu, unsigned q);
+
 static void try_start(struct mv_vhost_user *vu)
 {
 	struct mv_balloon *b = vu->b;
@@ -263,12 +176,16 @@ static void try_start(struct mv_vhost_user *vu)
 			mv__log(b->h, MV_LOG_INFO, "vm %s vhost-user: driver running (%u queues)",
 			        b->vm->name, n);
 	}
+	/* What the driver queued before a ring ran may exceed one notification's budget:
+	 * run each ring once here, so that work left is remembered (vu->more). */
+	for (unsigned q = 0; q < n && vu->running; q++)
+		if (vu->q[q].started)
+			kick(vu, q);
 }
 
 /* Run queue q's work (the device's budget); remember whether work is left. */
 static void kick(struct mv_vhost_user *vu, unsigned q)
 {
-	vu->kicks++;
 	if (q >= MV_BL_NQ || !vu->q[q].started || !vu->q[q].enabled)
 		return;
 	int more = mv__bl_queue_notify(vu->b, q);
@@ -340,7 +257,7 @@ static int ring_stop(struct mv_vhost_user *vu, const struct vu_state *s)
 		mv__bl_queue_stop(vu->b, s->index, &base);
 	if (x->kick >= 0)
 		epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-	close_fd(&x->kick);
+	mv__vu_close(&x->kick);
 	x->started = x->has_kick = x->has_addr = false;
 	x->base = base;
 	vu->more &= ~(1u << s->index);
@@ -374,7 +291,7 @@ static int ring_kick_fd(struct mv_vhost_user *vu, uint64_t v)
 		/* read only when ready, but a stale event or the frontend draining its own
 		 * eventfd must not make that read wait */
 		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)q };
-		if (set_nonblock(fd) || epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
+		if (mv__vu_set_nonblock(fd) || epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
 			int err = -errno;
 			close(fd);
 			return err;
@@ -382,12 +299,10 @@ static int ring_kick_fd(struct mv_vhost_user *vu, uint64_t v)
 	}
 	if (x->kick >= 0)
 		epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-	close_fd(&x->kick);
+	mv__vu_close(&x->kick);
 	x->kick = fd;
 	x->has_kick = true;
-	try_start(vu);
-	if (x->started)
-		kick(vu, (unsigned)q); /* what the driver queued before */
+	try_start(vu); /* runs what the driver queued before */
 	return 0;
 }
 
@@ -397,16 +312,16 @@ static int ring_call_fd(struct mv_vhost_user *vu, uint64_t v, bool err_fd)
 	if (q < 0)
 		return q;
 	if (err_fd) { /* the device never reports ring errors */
-		close_fd(&fd);
+		mv__vu_close(&fd);
 		return 0;
 	}
-	if (fd >= 0 && set_nonblock(fd)) {
+	if (fd >= 0 && mv__vu_set_nonblock(fd)) {
 		int err = -errno;
 		close(fd);
 		return err;
 	}
 	pthread_mutex_lock(&vu->fd_lock);
-	close_fd(&vu->q[q].call);
+	mv__vu_close(&vu->q[q].call);
 	vu->q[q].call = fd;
 	pthread_mutex_unlock(&vu->fd_lock);
 	return 0;
@@ -444,7 +359,7 @@ static int backend_fd(struct mv_vhost_user *vu)
 	if (vu->nfds != 1 || !(vu->protocol & BIT(VU_PF_BACKEND_REQ)))
 		return -EINVAL;
 	pthread_mutex_lock(&vu->fd_lock);
-	close_fd(&vu->backend);
+	mv__vu_close(&vu->backend);
 	vu->backend = vu->fds[0];
 	vu->nfds = 0;
 	pthread_mutex_unlock(&vu->fd_lock);
@@ -562,8 +477,10 @@ static int answer(struct mv_vhost_user *vu, int ret)
 				return -EPROTO;
 		}
 	}
-	if (ret == 2)
+	if (ret == 2) {
+		vu->kicks++;
 		kick(vu, vu->pl.state.index);
+	}
 	return 0;
 }
 
@@ -658,6 +575,18 @@ static int messages(struct mv_vhost_user *vu)
 	return 0;
 }
 
+/* Drain a kick: an eventfd's counter, or bytes from a pipe or socket. Never waits, even
+ * if the frontend cleared O_NONBLOCK on the description it shares with us. */
+static ssize_t kick_read(int fd)
+{
+	uint8_t drain[64];
+	ssize_t r = recv(fd, drain, sizeof(drain), MSG_DONTWAIT);
+	if (r >= 0 || errno != ENOTSOCK)
+		return r;
+	struct iovec iov = { drain, sizeof(drain) };
+	return preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+}
+
 MV_API int mv_vhost_user_dispatch(struct mv_vhost_user *vu)
 {
 	if (!vu)
@@ -683,13 +612,14 @@ MV_API int mv_vhost_user_dispatch(struct mv_vhost_user *vu)
 					kick(vu, q);
 			pthread_mutex_unlock(&vu->b->lock);
 		} else if (what < MV_BL_NQ && vu->q[what].kick >= 0) {
-			uint8_t drain[64]; /* an eventfd's counter, or bytes from a pipe or socket */
-			ssize_t r = read(vu->q[what].kick, drain, sizeof(drain));
+			ssize_t r = kick_read(vu->q[what].kick);
 			if (r > 0) {
+				vu->kicks++;
 				pthread_mutex_lock(&vu->b->lock);
 				kick(vu, (unsigned)what);
 				pthread_mutex_unlock(&vu->b->lock);
-			} else if (r == 0) { /* a pipe or socket at its end: readable for ever */
+			} else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+				/* at its end, or not readable at all: it would be reported for ever */
 				epoll_ctl(vu->ep, EPOLL_CTL_DEL, vu->q[what].kick, NULL);
 			}
 		}
@@ -724,7 +654,7 @@ static bool vm_empty(struct mv_vm *vm)
 
 static int make_device(struct mv_vhost_user *vu, struct mv_vm *vm)
 {
-	static const struct mv_balloon_ops ops = { .interrupt = interrupt, .now_ns = user_now };
+	static const struct mv_balloon_ops ops = { .interrupt = mv__vu_interrupt, .now_ns = user_now };
 	struct mv_balloon_config bc = vu->cfg.balloon;
 	if (bc.ops)
 		vu->user_ops = *bc.ops;
@@ -769,6 +699,12 @@ MV_API int mv_vhost_user_new(struct mv_vm *vm, int sock, const struct mv_vhost_u
 		goto fail_add;
 	pthread_mutex_init(&vu->lock, NULL);
 	pthread_mutex_init(&vu->fd_lock, NULL);
+	vu->notify_efd = -1;
+	if (cfg->call_thread && (err = mv__vu_notifier_start(vu))) {
+		pthread_mutex_destroy(&vu->lock);
+		pthread_mutex_destroy(&vu->fd_lock);
+		goto fail_add;
+	}
 	*out = vu;
 	return 0;
 
@@ -788,10 +724,11 @@ MV_API void mv_vhost_user_free(struct mv_vhost_user *vu)
 	if (!vu)
 		return;
 	mv_balloon_free(vu->b); /* no interrupt after this */
+	mv__vu_notifier_stop(vu);
 	queues_reset(vu);
 	mv__vu_mem_clear(vu);
 	drop_fds(vu);
-	close_fd(&vu->backend);
+	mv__vu_close(&vu->backend);
 	close(vu->wake);
 	close(vu->ep);
 	close(vu->sock);

@@ -77,8 +77,32 @@ struct mv_vhost_user {
 	unsigned nmem;
 	uint32_t more;                /* bit per queue with work left */
 
-	uint64_t messages, bad_messages, kicks, calls;
+	uint64_t messages, bad_messages, kicks;
+	uint64_t calls;               /* under fd_lock */
+
+	/* cfg.call_thread (vhost_user_notify.c) */
+	pthread_t notifier;
+	bool notifier_running;
+	_Atomic bool notifier_quit;
+	int notify_efd;               /* ours: wakes the thread */
+	_Atomic uint32_t pending_calls; /* bit per queue */
 };
+
+/* Wire constants the files share. */
+#define VU_VERSION         1u
+#define VU_PF_CONFIG       9
+#define VU_PF_BACKEND_REQ  5
+#define VU_PF_INBAND       14
+enum { VU_BACKEND_CONFIG_CHANGE = 2, VU_BACKEND_VRING_CALL = 4 };
+
+/* vhost_user_notify.c */
+int mv__vu_set_nonblock(int fd);          /* 0, or -1 with errno */
+void mv__vu_close(int *fd);               /* close if >= 0, then -1 */
+/* One message, never waiting: 0, -EAGAIN (nothing sent), -EMSGSIZE (part of it), -errno. */
+int mv__vu_send(int fd, uint32_t request, uint32_t flags, const void *payload, uint32_t size);
+void mv__vu_interrupt(void *opaque, int queue); /* the device's interrupt hook */
+int mv__vu_notifier_start(struct mv_vhost_user *vu);
+void mv__vu_notifier_stop(struct mv_vhost_user *vu);
 
 /* vhost_user_mem.c; caller holds vu->lock. */
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *m, uint32_t size,

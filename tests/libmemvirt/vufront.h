@@ -83,6 +83,8 @@ struct fe {
 };
 
 static volatile sig_atomic_t alarmed, sigpipes;
+/* Options of the next fe_new() (the device's release thread, the call thread). */
+static struct { bool release_thread, call_thread; } fe_opts;
 
 static inline void on_alarm(int sig) { alarmed = 1; }
 static inline void on_pipe(int sig) { sigpipes++; }
@@ -376,6 +378,8 @@ static inline struct fe *fe_new(bool inband)
 	mv_vhost_user_config_init(&cfg);
 	cfg.balloon.queue_max = QMAX;
 	cfg.inband_notifications = inband;
+	cfg.balloon.release_thread = fe_opts.release_thread;
+	cfg.call_thread = fe_opts.call_thread;
 	assert_int_equal(mv_vhost_user_new(f->vm, sv[1], &cfg, &f->vu), 0);
 	struct sigaction sa = { .sa_handler = on_alarm };
 	sigaction(SIGALRM, &sa, NULL);
