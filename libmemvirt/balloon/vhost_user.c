@@ -425,9 +425,10 @@ static int request(struct mv_vhost_user *vu)
 		return set_features(vu, p->u64);
 	case VU_SET_MEM_TABLE: {
 		int err = mv__vu_mem_set(vu, &p->mem, vu->hdr.size, vu->fds, vu->nfds);
-		if (err)
+		if (err < 0)
 			return err;
-		vu->nfds = 0; /* the table keeps them */
+		if (!err)
+			vu->nfds = 0; /* the table keeps them */
 		try_start(vu);
 		return 0;
 	}

@@ -34,6 +34,8 @@ union vu_payload {
 /* One region of the frontend's memory, mapped here. */
 struct vu_mreg {
 	uint64_t gpa, size, uaddr;    /* as the frontend gave them */
+	uint64_t offset;              /* in the file */
+	uint64_t dev, ino;            /* the file */
 	uint8_t *map;                 /* MAP_SHARED of the file from offset, size bytes */
 	int fd;
 };
@@ -104,7 +106,8 @@ void mv__vu_interrupt(void *opaque, int queue); /* the device's interrupt hook *
 int mv__vu_notifier_start(struct mv_vhost_user *vu);
 void mv__vu_notifier_stop(struct mv_vhost_user *vu);
 
-/* vhost_user_mem.c; caller holds vu->lock. */
+/* vhost_user_mem.c; caller holds vu->lock. mv__vu_mem_set: 0 (the table keeps fds), 1
+ * (the same table again: nothing changes, the balloon is kept; fds not taken), -errno. */
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *m, uint32_t size,
                    const int *fds, unsigned nfds);
 void mv__vu_mem_clear(struct mv_vhost_user *vu);

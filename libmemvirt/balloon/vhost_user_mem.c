@@ -92,6 +92,24 @@ static int replace(struct mv_vhost_user *vu, struct vu_mreg *m, unsigned n)
 	return err;
 }
 
+/* The table in force, sent again (QEMU does on every start): replacing it would give the
+ * regions new identities and forget which of their pages are in the balloon. */
+static bool same_table(const struct mv_vhost_user *vu, const struct vu_mem *t, const int *fds)
+{
+	if (t->n != vu->nmem)
+		return false;
+	for (unsigned i = 0; i < t->n; i++) {
+		const struct vu_region *r = &t->r[i];
+		const struct vu_mreg *m = &vu->mem[i];
+		struct stat st;
+		if (fstat(fds[i], &st) || r->gpa != m->gpa || r->size != m->size ||
+		    r->uaddr != m->uaddr || r->offset != m->offset || (uint64_t)st.st_dev != m->dev ||
+		    (uint64_t)st.st_ino != m->ino)
+			return false;
+	}
+	return true;
+}
+
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t size,
                    const int *fds, unsigned nfds)
 {
@@ -103,6 +121,8 @@ int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t si
 		if (err)
 			return err;
 	}
+	if (same_table(vu, t, fds))
+		return 1;
 	struct vu_mreg m[VU_MAX_REGIONS];
 	unsigned n = 0;
 	int err = 0;
@@ -114,7 +134,9 @@ int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t si
 			err = -errno;
 			break;
 		}
-		m[n] = (struct vu_mreg){ r->gpa, r->size, r->uaddr, p, -1 };
+		struct stat st;
+		fstat(fds[n], &st); /* it succeeded in region_check() */
+		m[n] = (struct vu_mreg){ r->gpa, r->size, r->uaddr, r->offset, st.st_dev, st.st_ino, p, -1 };
 	}
 	if (!err)
 		err = replace(vu, m, n);

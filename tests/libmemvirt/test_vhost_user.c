@@ -9,6 +9,30 @@
 
 /* ---- the happy path ---- */
 
+/* The table in force sent again (QEMU does on every start): the balloon is kept, the new
+ * descriptors are not kept open. */
+static void same_table_keeps_the_balloon(void **state)
+{
+	struct fe *f = *state;
+	uint32_t pfn = victim(f);
+	push_pfns(f, 0, &pfn, 1);
+	kick(f, 0);
+	assert_int_equal(used(f, 0), 1);
+	long fds = count_fds();
+	struct vmem m = table1();
+	assert_int_equal(set_table(f, &m, &f->memfd, 1), 0);
+	assert_int_equal(count_fds(), fds);
+	struct mv_balloon_info bi;
+	assert_int_equal(mv_balloon_info(mv_vhost_user_balloon(f->vu), &bi), 0);
+	assert_int_equal(bi.held_bytes, TPAGE);
+	push_pfns(f, 1, &pfn, 1);
+	kick(f, 1);
+	assert_int_equal(used(f, 1), 1);
+	assert_int_equal(mv_balloon_info(mv_vhost_user_balloon(f->vu), &bi), 0);
+	assert_int_equal(bi.held_bytes, 0);
+	assert_int_equal(bi.guest_errors, 0); /* the page was still known to be ballooned */
+}
+
 static void inflate_releases(void **state)
 {
 	struct fe *f = *state;
@@ -294,6 +318,7 @@ int main(void)
 {
 	static const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(inflate_releases, setup, teardown),
+		cmocka_unit_test_setup_teardown(same_table_keeps_the_balloon, setup, teardown),
 		cmocka_unit_test_setup_teardown(config_and_target, setup, teardown),
 		cmocka_unit_test_setup_teardown(vring_base_resumes, setup, teardown),
 		cmocka_unit_test_setup_teardown(inband_notifications, setup_inband, teardown),
