@@ -27,6 +27,7 @@
 #include "hosted/sim.h"
 #include "testutil.h"
 #include "vu_serve.h"
+#include "workload.h"
 
 #define MIB   (1ull << 20)
 #define GIB   (1ull << 30)
@@ -215,7 +216,7 @@ static uint64_t file_bytes(struct fx *f)
  * once a live backend has seen the end. Then the backend: nothing of the test is left. */
 static void guest_stop(struct fx *f)
 {
-	mvg_sim_free(f->s);
+	mvg_sim_free(f->s); /* NULL: freed by its owner already */
 	f->s = NULL;
 	if (f->serving) {
 		/* the server counts a connection ended before it has closed its descriptors */
@@ -436,6 +437,61 @@ static void deflate_on_oom(void **state)
 	guest_stop(&f);
 }
 
+static void workload_verified(struct mvw_guest *g)
+{
+	uint64_t bad = 99, n = mvw_verify(g, &bad);
+	assert_true(n > 0);
+	assert_int_equal(bad, 0);
+}
+
+/* A running "web" guest (page cache, private data that churns, allocation bursts) over
+ * vhost-user: inflating within free memory, then beyond it (the guest drops its cache,
+ * bursts stall, the driver deflates on OOM), then back; every page the workload holds
+ * keeps the content it last wrote. */
+static void running_workload_keeps_every_write(void **state)
+{
+	struct fx f = { 0 };
+	serve_start(&f);
+	guest_config(&f, 64 * MIB);
+	struct mvw_profile web = *mvw_profile_find("web");
+	web.burst_permille = 40;
+	web.burst_interval_ms = 50;
+	web.burst_hold_ms = 50;
+	struct mvw_config wc;
+	mvw_config_init(&wc);
+	wc.profile = &web;
+	wc.name = "web";
+	wc.ram_bytes = 64 * MIB;
+	wc.sim = &f.cfg;
+	f.fds0 = count_fds();
+	f.maps0 = count_memfd_maps();
+	struct mvw_guest *g = NULL;
+	assert_int_equal(mvw_guest_new(f.h, &wc, &g), 0);
+	struct mvg_sim *s = mvw_sim(g);
+	assert_int_equal(mvw_start(g), 0);
+	assert_int_equal(vu_serve_target(f.srv, 0, 12 * MIB), 0);
+	assert_int_equal(mvg_sim_settle(s, 30 * SEC), 0);
+	assert_int_equal(info(&f).actual_bytes, 12 * MIB);
+	workload_verified(g);
+	struct mvw_stats st;
+	mvw_stats(g, &st);
+	uint64_t cache = st.role_pages[MVW_CACHE];
+	assert_int_equal(vu_serve_target(f.srv, 0, 40 * MIB), 0);
+	WAIT_FOR((mvw_stats(g, &st), st.reclaimed_pages >= cache && st.alloc_stalls > 0));
+	workload_verified(g);
+	assert_int_equal(vu_serve_target(f.srv, 0, 0), 0);
+	assert_int_equal(mvg_sim_settle(s, 30 * SEC), 0);
+	workload_verified(g);
+	mvw_stop(g);
+	workload_verified(g);
+	assert_int_equal(info(&f).guest_errors, 0);
+	struct mvg_sim_transport_info ti;
+	mvg_sim_transport_info(s, &ti);
+	assert_int_equal(ti.error, 0);
+	mvw_guest_free(g);
+	guest_stop(&f); /* the sim is gone already: the checks */
+}
+
 /* The backend goes away in the middle of an inflate: the bridge sees the connection end,
  * the driver a device that needs a reset and stops; the guest keeps working and tears
  * down without waiting on anything. */
@@ -512,6 +568,7 @@ int main(void)
 		cmocka_unit_test(stats_reach_the_backend),
 		cmocka_unit_test(free_page_reporting_releases),
 		cmocka_unit_test(deflate_on_oom),
+		cmocka_unit_test(running_workload_keeps_every_write),
 		cmocka_unit_test(backend_closed_mid_inflate),
 		cmocka_unit_test(stalled_backend_times_out),
 		cmocka_unit_test(no_backend_no_guest),
