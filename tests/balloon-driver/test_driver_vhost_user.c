@@ -25,6 +25,7 @@
 #include <memvirt/memvirt.h>
 #include <memvirt/balloon.h>
 #include "hosted/sim.h"
+#include "drv.h"
 #include "testutil.h"
 #include "vu_serve.h"
 #include "workload.h"
@@ -492,6 +493,69 @@ static void running_workload_keeps_every_write(void **state)
 	guest_stop(&f); /* the sim is gone already: the checks */
 }
 
+/* Free page hinting over vhost-user: the driver hints every free page and gets them all
+ * back at DONE; the backend acknowledges and releases nothing of shared memory, so the
+ * workload's pages and the memfd's blocks stay as they were. */
+static void free_page_hints_round_trip(void **state)
+{
+	struct fx f = { 0 };
+	serve_start(&f);
+	guest_config(&f, 64 * MIB);
+	guest_start(&f);
+	populate(&f);
+	uint64_t free0 = mvg_sim_free_bytes(f.s), file0 = file_bytes(&f);
+	assert_int_equal(vu_serve_hint(f.srv, 0, true), 0);
+	WAIT_FOR(info(&f).hinted_bytes >= free0 - 4 * MIB);
+	WAIT_FOR(status(&f).hint_runs >= 1);
+	assert_int_equal(info(&f).hint_discarded_bytes, 0);
+	assert_int_equal(vu_serve_hint(f.srv, 0, false), 0);
+	WAIT_FOR(status(&f).hint_held_pages == 0);
+	WAIT_FOR(mvg_sim_free_bytes(f.s) == free0);
+	assert_true(file_bytes(&f) >= file0 - 64 * TPAGE);
+	kept_pages_intact(&f);
+	assert_int_equal(info(&f).guest_errors, 0);
+	assert_int_equal(status(&f).error, 0);
+	release_kept(&f);
+	guest_stop(&f);
+}
+
+/* The driver unloaded and loaded again (rmmod, insmod): Status 0 resets the backend's
+ * device over the connection (RESET_DEVICE), every page comes back to the guest, and a
+ * new negotiation, memory table and rings on the same connection work as the first. */
+static void driver_reload_over_one_connection(void **state)
+{
+	struct fx f = { 0 };
+	serve_start(&f);
+	guest_config(&f, 64 * MIB);
+	guest_start(&f);
+	settle(&f, 16 * MIB);
+	uint64_t free0 = mvg_sim_free_bytes(f.s);
+	uint64_t requests = tinfo(&f).requests;
+	mvg_sim_stop_driver(f.s);
+	struct mvg_balloon *d = mvg_sim_driver(f.s);
+	struct mvg_platform p = d->p;
+	mvg_balloon_remove(d);
+	assert_int_equal(mvg_sim_free_bytes(f.s), 64 * MIB);
+	assert_true(free0 < 64 * MIB - 16 * MIB);
+	WAIT_FOR(!vinfo(&f).running);
+	assert_int_equal(info(&f).status, 0);
+	assert_int_equal(mvg_balloon_init(d, &p, &f.cfg.driver), 0);
+	assert_int_equal(mvg_sim_start_driver(f.s), 0);
+	WAIT_FOR(vinfo(&f).running);
+	assert_int_equal(mvg_sim_settle(f.s, 20 * SEC), 0);
+	assert_int_equal(info(&f).actual_bytes, 16 * MIB);
+	settle(&f, 24 * MIB);
+	assert_int_equal(info(&f).held_bytes, 24 * MIB);
+	settle(&f, 0);
+	struct mvg_sim_transport_info ti = tinfo(&f);
+	assert_true(ti.requests > requests);
+	assert_int_equal(ti.refused, 0);
+	assert_int_equal(ti.error, 0);
+	assert_int_equal(info(&f).guest_errors, 0);
+	assert_int_equal(vinfo(&f).regions, 1);
+	guest_stop(&f);
+}
+
 /* The backend goes away in the middle of an inflate: the bridge sees the connection end,
  * the driver a device that needs a reset and stops; the guest keeps working and tears
  * down without waiting on anything. */
@@ -569,6 +633,8 @@ int main(void)
 		cmocka_unit_test(free_page_reporting_releases),
 		cmocka_unit_test(deflate_on_oom),
 		cmocka_unit_test(running_workload_keeps_every_write),
+		cmocka_unit_test(driver_reload_over_one_connection),
+		cmocka_unit_test(free_page_hints_round_trip),
 		cmocka_unit_test(backend_closed_mid_inflate),
 		cmocka_unit_test(stalled_backend_times_out),
 		cmocka_unit_test(no_backend_no_guest),
