@@ -149,11 +149,11 @@ static void serve_kill(struct fx *f)
 	f->srv = NULL;
 }
 
-static unsigned live_conns(struct fx *f)
+static unsigned ended_conns(struct fx *f)
 {
 	unsigned ended, live;
 	vu_serve_counts(f->srv, &ended, &live);
-	return live;
+	return ended;
 }
 
 static struct mv_balloon_info info(struct fx *f)
@@ -220,9 +220,7 @@ static void guest_stop(struct fx *f)
 	mvg_sim_free(f->s); /* NULL: freed by its owner already */
 	f->s = NULL;
 	if (f->serving) {
-		/* the server counts a connection ended before it has closed its descriptors */
-		for (int i = 0; i < 20000 && (count_fds() != f->fds0 || live_conns(f)); i++)
-			sleep_ms(1);
+		WAIT_FOR(ended_conns(f) == 1); /* counted once all of it is closed */
 		if (count_fds() != f->fds0)
 			list_fds();
 		assert_int_equal(count_fds(), f->fds0);
