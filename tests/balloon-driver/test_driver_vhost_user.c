@@ -622,6 +622,62 @@ static void no_backend_no_guest(void **state)
 	rmdir(f.dir);
 }
 
+/* A fake backend that answers the handshake wrongly: accept one connection, take
+ * SET_OWNER and GET_FEATURES, send the reply `how` says, then wait for the end. */
+struct liar {
+	int l;
+	int how;                  /* 0: no protocol features; 1: a reply to another request */
+};
+
+static void *liar_main(void *arg)
+{
+	struct liar *x = arg;
+	int c = accept4(x->l, NULL, NULL, SOCK_CLOEXEC);
+	assert_true(c >= 0);
+	uint32_t h[3];
+	for (int i = 0; i < 2; i++) /* SET_OWNER, GET_FEATURES: headers only */
+		assert_int_equal(recv(c, h, sizeof(h), MSG_WAITALL), sizeof(h));
+	assert_int_equal(h[0], 1);
+	uint64_t f = 1ull << 32; /* VERSION_1, no protocol features */
+	uint32_t r[3] = { x->how == 1 ? 15 : 1, 1 | 4, 8 };
+	assert_int_equal(send(c, r, sizeof(r), MSG_NOSIGNAL), sizeof(r));
+	assert_int_equal(send(c, &f, 8, MSG_NOSIGNAL), 8);
+	char end;
+	while (recv(c, &end, 1, 0) > 0) /* until the bridge gives up on us */
+		;
+	close(c);
+	return NULL;
+}
+
+/* A backend without protocol features (no acks, no config space) is refused; a reply
+ * to the wrong request ends the connection as malformed. Nothing is left behind. */
+static void misbehaving_backend_is_refused(void **state)
+{
+	struct fx f = { 0 };
+	snprintf(f.dir, sizeof(f.dir), "/tmp/mv-vub-XXXXXX");
+	assert_non_null(mkdtemp(f.dir));
+	snprintf(f.sock, sizeof(f.sock), "%s/liar.sock", f.dir);
+	guest_config(&f, 16 * MIB);
+	long fds0 = count_fds(), maps0 = count_memfd_maps();
+	struct liar x = { socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), 0 };
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	strcpy(a.sun_path, f.sock);
+	assert_int_equal(bind(x.l, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(x.l, 4), 0);
+	static const int want[2] = { -EPROTONOSUPPORT, -EPROTO };
+	for (x.how = 0; x.how < 2; x.how++) {
+		pthread_t th;
+		assert_int_equal(pthread_create(&th, NULL, liar_main, &x), 0);
+		assert_int_equal(mvg_sim_new(NULL, &f.cfg, &f.s), want[x.how]);
+		pthread_join(th, NULL);
+	}
+	close(x.l);
+	assert_int_equal(count_fds(), fds0);
+	assert_int_equal(count_memfd_maps(), maps0);
+	unlink(f.sock);
+	rmdir(f.dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -636,6 +692,7 @@ int main(void)
 		cmocka_unit_test(backend_closed_mid_inflate),
 		cmocka_unit_test(stalled_backend_times_out),
 		cmocka_unit_test(no_backend_no_guest),
+		cmocka_unit_test(misbehaving_backend_is_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
