@@ -218,6 +218,9 @@ $(B)/tests/tools/test_journal: $(B)/memvirt
 # Linux's balloon driver against the vhost-user server of `memvirt balloon-backend`.
 $(B)/tests/guests/test_linux_balloon: TEST_EXTRA := $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
 $(B)/tests/guests/test_linux_balloon: $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
+# memvirt's own driver against the same server, through the hosted port's vhost-user bridge.
+$(B)/tests/balloon-driver/test_driver_vhost_user: TEST_EXTRA := $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
+$(B)/tests/balloon-driver/test_driver_vhost_user: $(B)/obj/tools/vu_serve.o $(B)/obj/bench/args.o
 
 # The vhost-user tests share their fake frontend.
 $(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile $(B)/tests/libmemvirt/test_vhost_user_threads: tests/libmemvirt/vufront.h

@@ -11,6 +11,10 @@
  * The comparator, in the same run and on the same kind of memory: MADV_DONTNEED on a
  * populated buffer with the same ranges (4 KiB runs in process_madvise vectors, or
  * 2 MiB calls), which is the most any userspace device can do.
+ *
+ * --transport vhost-user puts the device behind vhost-user: memvirt's backend (the server
+ * of `memvirt balloon-backend`) runs in a thread, the guest's RAM is a memfd it maps, and
+ * the driver reaches it through the hosted port's virtio-mmio bridge, as through a VMM.
  */
 #include "bench.h"
 
@@ -18,17 +22,20 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <memvirt/memvirt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "hosted/sim.h"
+#include "vu_serve.h"
 
 #define MIB (1ull << 20)
 #define GIB (1ull << 30)
@@ -41,6 +48,75 @@ struct phase_result {
 	bool reached, deflated;
 	char why[160];
 };
+
+/* The device: the sim's own (srv NULL), or a vhost-user backend served in a thread. */
+struct device {
+	char dir[64], sock[96];
+	struct vu_serve *srv;
+	FILE *log;
+	int stop;
+	pthread_t th;
+};
+
+static void *serve_main(void *arg)
+{
+	struct device *d = arg;
+	vu_serve_run(d->srv, d->stop);
+	return NULL;
+}
+
+static int device_start(struct mv_host *h, struct device *d)
+{
+	snprintf(d->dir, sizeof(d->dir), "/tmp/memvirt-bench-XXXXXX");
+	if (!mkdtemp(d->dir))
+		return -errno;
+	snprintf(d->sock, sizeof(d->sock), "%s/balloon.sock", d->dir);
+	d->log = fopen("/dev/null", "w");
+	struct vu_serve_opts o = { .socket = d->sock, .log = d->log };
+	int err = d->log ? vu_serve_new(h, &o, &d->srv) : -errno;
+	d->stop = err ? -1 : eventfd(0, EFD_CLOEXEC);
+	if (!err && d->stop < 0)
+		err = -errno;
+	if (!err)
+		err = -pthread_create(&d->th, NULL, serve_main, d);
+	if (err) {
+		if (d->stop >= 0)
+			close(d->stop);
+		vu_serve_free(d->srv);
+		d->srv = NULL;
+		if (d->log)
+			fclose(d->log);
+		rmdir(d->dir);
+	}
+	return err;
+}
+
+static void device_stop(struct device *d)
+{
+	uint64_t one = 1;
+	if (!d->srv || write(d->stop, &one, sizeof(one)) != sizeof(one))
+		return;
+	pthread_join(d->th, NULL);
+	vu_serve_free(d->srv);
+	close(d->stop);
+	fclose(d->log);
+	rmdir(d->dir);
+}
+
+static void set_target(struct device *d, struct mvg_sim *s, uint64_t bytes)
+{
+	if (d->srv)
+		vu_serve_target(d->srv, 0, bytes);
+	else
+		mv_balloon_set_target(mvg_sim_balloon(s), bytes);
+}
+
+static int device_info(struct device *d, struct mvg_sim *s, struct mv_balloon_info *in)
+{
+	if (d->srv)
+		return vu_serve_info(d->srv, 0, in, NULL);
+	return mv_balloon_info(mvg_sim_balloon(s), in);
+}
 
 /* Resident bytes of the guest's RAM mappings, in MiB. */
 static double ram_resident_mib(struct mvg_sim *s)
@@ -87,12 +163,13 @@ static int populate_and_layout(struct mvg_sim *s, bool runs)
 }
 
 /* Wait for the guest's actual to equal target; progress on stderr. */
-static bool wait_actual(struct mvg_sim *s, uint64_t target, double timeout_s, bool quiet)
+static bool wait_actual(struct device *d, struct mvg_sim *s, uint64_t target, double timeout_s,
+                        bool quiet)
 {
 	double t0 = bench_now_s(), last = t0;
-	struct mv_balloon_info in;
+	struct mv_balloon_info in = { 0 };
 	for (;;) {
-		if (mv_balloon_info(mvg_sim_balloon(s), &in) == 0 && in.actual_bytes == target)
+		if (device_info(d, s, &in) == 0 && in.actual_bytes == target)
 			return true;
 		double t = bench_now_s();
 		if (t - t0 > timeout_s)
@@ -104,6 +181,20 @@ static bool wait_actual(struct mvg_sim *s, uint64_t target, double timeout_s, bo
 		}
 		nanosleep(&(struct timespec){ 0, 200000 }, NULL);
 	}
+}
+
+/* Over vhost-user the backend releases pages in a thread of its own, after its acks: wait
+ * until `bytes` more than `base` are released (in-process, release is done by the ack). */
+static bool wait_released(struct device *d, struct mvg_sim *s, uint64_t base, uint64_t bytes,
+                          double timeout_s)
+{
+	struct mv_balloon_info in;
+	for (double end = bench_now_s() + timeout_s; bench_now_s() < end;) {
+		if (device_info(d, s, &in) == 0 && in.released_bytes >= base + bytes)
+			return true;
+		nanosleep(&(struct timespec){ 0, 200000 }, NULL);
+	}
+	return false;
 }
 
 /* The physical limit: MADV_DONTNEED of `bytes` of populated memory in the same shape. */
@@ -140,17 +231,25 @@ static double limit_gib_s(uint64_t bytes, bool runs)
 }
 
 static int run_phase(struct mv_host *h, uint64_t ram, uint64_t target, bool runs, bool quiet,
-                     struct phase_result *out)
+                     bool vhost_user, struct phase_result *out)
 {
 	struct mvg_sim_config sc;
 	mvg_sim_config_init(&sc);
 	sc.name = runs ? "bench-runs" : "bench-scattered";
 	sc.ram_bytes = ram;
 	sc.driver.floor_bytes = 0;
+	struct device d = { .stop = -1 };
+	int err = vhost_user ? device_start(h, &d) : 0;
+	if (err) {
+		snprintf(out->why, sizeof(out->why), "vhost-user backend: %s", mv_strerror(err));
+		return err;
+	}
+	sc.vhost_user_socket = d.srv ? d.sock : NULL;
 	struct mvg_sim *s;
-	int err = mvg_sim_new(h, &sc, &s);
+	err = mvg_sim_new(h, &sc, &s);
 	if (err) {
 		snprintf(out->why, sizeof(out->why), "simulated guest: %s", mv_strerror(err));
+		device_stop(&d);
 		return err;
 	}
 	if ((err = populate_and_layout(s, runs))) {
@@ -159,19 +258,21 @@ static int run_phase(struct mv_host *h, uint64_t ram, uint64_t target, bool runs
 	}
 	out->rss_before_mib = ram_resident_mib(s);
 
+	struct mv_balloon_info in = { 0 };
+	device_info(&d, s, &in);
 	double t0 = bench_now_s(), c0 = bench_cpu_s();
-	mv_balloon_set_target(mvg_sim_balloon(s), target);
-	out->reached = wait_actual(s, target, 120, quiet);
+	set_target(&d, s, target);
+	out->reached = wait_actual(&d, s, target, 120, quiet) &&
+	               (!d.srv || wait_released(&d, s, in.released_bytes, target, 120));
 	out->inflate_s = bench_now_s() - t0;
 	out->inflate_cpu_s = bench_cpu_s() - c0;
-	struct mv_balloon_info in;
-	mv_balloon_info(mvg_sim_balloon(s), &in);
+	device_info(&d, s, &in);
 	out->ballooned_mib = (double)in.held_bytes / MIB;
 	out->rss_after_mib = ram_resident_mib(s);
 
 	t0 = bench_now_s();
-	mv_balloon_set_target(mvg_sim_balloon(s), 0);
-	out->deflated = wait_actual(s, 0, 120, quiet);
+	set_target(&d, s, 0);
+	out->deflated = wait_actual(&d, s, 0, 120, quiet);
 	out->deflate_s = bench_now_s() - t0;
 	out->rss_back_mib = ram_resident_mib(s);
 	if (!quiet)
@@ -180,6 +281,7 @@ static int run_phase(struct mv_host *h, uint64_t ram, uint64_t target, bool runs
 		snprintf(out->why, sizeof(out->why), "the guest did not reach the target in 120 s");
 out:
 	mvg_sim_free(s);
+	device_stop(&d);
 	out->limit_gib_s = limit_gib_s(target, runs);
 	return err;
 }
@@ -220,7 +322,7 @@ static void print_table(const struct phase_result *r, const char *const *names, 
 int bench_balloon_sim(struct mv_host *h, uint64_t ram, uint64_t target, struct bench_balloon_sim *out)
 {
 	struct phase_result r = { 0 };
-	int err = run_phase(h, ram, target, false, true, &r);
+	int err = run_phase(h, ram, target, false, true, false, &r);
 	double gib = (double)target / GIB;
 	out->inflate_gib_s = r.reached ? gib / r.inflate_s : 0;
 	out->deflate_gib_s = r.deflated ? gib / r.deflate_s : 0;
@@ -231,9 +333,12 @@ int bench_balloon_sim(struct mv_host *h, uint64_t ram, uint64_t target, struct b
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: memvirt bench balloon [--guest-gib N] [--target-gib N] [--json]\n"
+	        "                              [--transport in-process|vhost-user]\n"
 	        "       memvirt bench balloon --driver linux [...]   (--driver linux --help)\n"
 	        "  inflate a simulated guest's balloon to the target and deflate it back, with\n"
-	        "  scattered 4 KiB free pages and with 2 MiB runs; defaults: 4 GiB guest, 3 GiB target\n");
+	        "  scattered 4 KiB free pages and with 2 MiB runs; defaults: 4 GiB guest, 3 GiB target.\n"
+	        "  --transport vhost-user: the device is memvirt's vhost-user backend in a thread,\n"
+	        "  reached through a virtio-mmio bridge (guest RAM in a memfd); default in-process\n");
 }
 
 int bench_balloon_main(int argc, char **argv)
@@ -251,9 +356,10 @@ int bench_balloon_main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "guest-gib", required_argument, NULL, 'g' }, { "target-gib", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' }, { "help", no_argument, NULL, 'h' },
-		{ "driver", required_argument, NULL, 'd' }, { 0 } };
+		{ "driver", required_argument, NULL, 'd' }, { "transport", required_argument, NULL, 'T' },
+		{ 0 } };
 	double guest = 4, target = 3;
-	bool json = false;
+	bool json = false, vhost_user = false;
 	int c;
 	while ((c = getopt_long(argc, argv, "g:t:jh", opts, NULL)) != -1) {
 		switch (c) {
@@ -267,6 +373,14 @@ int bench_balloon_main(int argc, char **argv)
 			break;
 		case 'j': json = true; break;
 		case 'd': break; /* memvirt */
+		case 'T':
+			vhost_user = !strcmp(optarg, "vhost-user");
+			if (!vhost_user && strcmp(optarg, "in-process")) {
+				fprintf(stderr, "memvirt bench balloon: --transport is in-process or "
+				        "vhost-user, not '%s'\n", optarg);
+				return 2;
+			}
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -288,13 +402,15 @@ int bench_balloon_main(int argc, char **argv)
 	for (int i = 0; i < 2; i++) {
 		if (!json)
 			fprintf(stderr, "%s: %.1f GiB guest, inflating to %.1f GiB\n", names[i], guest, target);
-		run_phase(h, ram, tgt, i == 1, json, &r[i]);
+		run_phase(h, ram, tgt, i == 1, json, vhost_user, &r[i]);
 	}
 	mv_host_free(h);
 	if (json) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "guest_mib", json_object_new_int64((int64_t)(ram / MIB)));
 		json_object_object_add(o, "target_mib", json_object_new_int64((int64_t)(tgt / MIB)));
+		json_object_object_add(o, "transport",
+		                       json_object_new_string(vhost_user ? "vhost-user" : "in-process"));
 		for (int i = 0; i < 2; i++)
 			json_object_object_add(o, names[i], phase_json(&r[i], tgt));
 		printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY));

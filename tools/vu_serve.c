@@ -130,12 +130,13 @@ static void accept_conn(struct vu_serve *s)
 	fflush(logf_(s));
 }
 
+/* Out of the table first (callers no longer find it), freed, then counted as ended:
+ * whoever sees the count has nothing of the connection left open or mapped. */
 static void end_conn(struct vu_serve *s, unsigned i, int why)
 {
 	pthread_mutex_lock(&s->lock);
 	struct conn *c = s->conn[i];
 	s->conn[i] = s->conn[--s->n];
-	s->ended++;
 	pthread_mutex_unlock(&s->lock);
 	fprintf(logf_(s), "memvirt: frontend %u %s\n", c->id,
 	        why == -ECONNRESET ? "disconnected" : "dropped: malformed message");
@@ -143,6 +144,9 @@ static void end_conn(struct vu_serve *s, unsigned i, int why)
 	mv_vhost_user_free(c->vu);
 	mv_vm_free(c->vm);
 	free(c);
+	pthread_mutex_lock(&s->lock);
+	s->ended++;
+	pthread_mutex_unlock(&s->lock);
 }
 
 /* The server's target reaches a device once the frontend's memory is there. */

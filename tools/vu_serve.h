@@ -37,7 +37,8 @@ int vu_serve_info(struct vu_serve *s, unsigned id, struct mv_balloon_info *bi,
 int vu_serve_target(struct vu_serve *s, unsigned id, uint64_t bytes);
 int vu_serve_stats_request(struct vu_serve *s, unsigned id);
 int vu_serve_hint(struct vu_serve *s, unsigned id, bool start);
-/* Connections ended so far, and those live now. */
+/* Connections ended so far (counted once their descriptors and mappings are gone), and
+ * those live now (a connection being ended is in neither for a moment). */
 void vu_serve_counts(struct vu_serve *s, unsigned *ended, unsigned *live);
 
 #endif

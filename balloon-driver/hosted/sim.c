@@ -1,6 +1,9 @@
 /* sim.c - the hosted port: a simulated guest (RAM, allocator, driver thread) around
  * libmemvirt's virtio-balloon device, talking to it only through MMIO and the rings.
  *
+ * The device is in-process (mv_balloon and its virtio-mmio helper), or a vhost-user
+ * backend behind the bridge of vubridge.c: then RAM is a memfd the backend maps too.
+ *
  * Threads: the driver thread steps the driver under drv_lock and sleeps in the
  * platform's wait until the device's interrupt (irq_lock, irq_cond) or a timeout; with
  * io_thread, QueueNotify writes are posted to a VMM I/O thread that runs the device's
@@ -10,14 +13,17 @@
  */
 #include "sim.h"
 #include "galloc.h"
+#include "vubridge.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MIB            (1ull << 20)
 #define RUN            (2 * MIB)
@@ -26,10 +32,13 @@
 #define MAX_SLEEP_NS   (100 * 1000000ull)
 #define OOM_BYTES      MIB /* given back per OOM event, as Linux */
 #define QUEUE_NOTIFY   0x50
+#define VMMIO_CONFIG_NUM_PAGES 0x100 /* the balloon's num_pages and actual, in the window */
+#define VMMIO_CONFIG_ACTUAL    0x104
 
 struct ram {
 	uint8_t *hva;
 	uint64_t gpa, bytes;
+	uint64_t offset;               /* in the memfd (vhost-user) */
 };
 
 struct mvg_sim {
@@ -40,6 +49,8 @@ struct mvg_sim {
 	struct ram ram[2];
 	unsigned nram;
 	struct mvg__galloc *ga;
+	int memfd;                     /* guest RAM's file over vhost-user, else -1 */
+	struct mvg__vub *vub;          /* the bridge over vhost-user, else NULL */
 
 	struct mvg_balloon *drv;       /* mvg_balloon_size() bytes */
 	struct mvg_platform plat;
@@ -80,6 +91,7 @@ void mvg_sim_config_init(struct mvg_sim_config *cfg)
 	cfg->split_at = 3 * GIB;
 	cfg->io_thread = true;
 	cfg->start_driver = true;
+	cfg->vhost_user_timeout_ns = 5000000000ull;
 	mvg_config_init(&cfg->driver);
 	mv_balloon_config_init(&cfg->device);
 }
@@ -95,6 +107,11 @@ static void raise_irq(struct mvg_sim *s)
 }
 
 static void dev_interrupt(void *opaque, int queue)
+{
+	raise_irq(opaque);
+}
+
+static void raise_irq_opaque(void *opaque)
 {
 	raise_irq(opaque);
 }
@@ -195,14 +212,21 @@ static void p_putback(void *ctx, uint64_t gpa)
 
 static uint32_t p_mmio_read(void *ctx, uint32_t off)
 {
+	struct mvg_sim *s = ctx;
 	uint32_t v = 0;
-	mv_balloon_mmio_read(((struct mvg_sim *)ctx)->b, off, &v, 4);
+	if (s->vub)
+		return mvg__vub_read(s->vub, off);
+	mv_balloon_mmio_read(s->b, off, &v, 4);
 	return v;
 }
 
 static void p_mmio_write(void *ctx, uint32_t off, uint32_t val)
 {
 	struct mvg_sim *s = ctx;
+	if (s->vub) {
+		mvg__vub_write(s->vub, off, val);
+		return;
+	}
 	if (off == QUEUE_NOTIFY && s->io_running && val < 32) {
 		post_notify(s, val);
 		return;
@@ -295,7 +319,8 @@ uint64_t mvg_sim_step(struct mvg_sim *s)
 
 /* ---- guest RAM ---- */
 
-static int map_ram(struct ram *r, bool thp)
+/* 2 MiB aligned: anonymous memory, or the memfd's stretch of r shared (fd >= 0). */
+static int map_ram(struct ram *r, bool thp, int fd)
 {
 	size_t len = r->bytes;
 	uint8_t *raw = mmap(NULL, len + RUN, PROT_READ | PROT_WRITE,
@@ -306,6 +331,12 @@ static int map_ram(struct ram *r, bool thp)
 	if (mem > raw)
 		munmap(raw, (size_t)(mem - raw));
 	munmap(mem + len, (size_t)(raw + RUN - mem));
+	if (fd >= 0 && mmap(mem, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE,
+	                    fd, (off_t)r->offset) == MAP_FAILED) {
+		int err = -errno;
+		munmap(mem, len);
+		return err;
+	}
 	madvise(mem, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* advice: failure is harmless */
 	r->hva = mem;
 	return 0;
@@ -321,26 +352,48 @@ static int layout(struct mvg_sim *s)
 	s->nram = 1;
 	if (c->split_at && c->ram_bytes > c->split_at) {
 		s->ram[0].bytes = c->split_at;
-		s->ram[1] = (struct ram){ .gpa = HIGH_RAM_GPA, .bytes = c->ram_bytes - c->split_at };
+		s->ram[1] = (struct ram){ .gpa = HIGH_RAM_GPA, .bytes = c->ram_bytes - c->split_at,
+		                          .offset = c->split_at };
 		s->nram = 2;
 	}
 	return 0;
 }
 
-static int setup_ram(struct mvg_sim *s, struct mv_host *host)
+/* Over vhost-user: one file for all of RAM, of a size fixed for good (the backend maps
+ * it: a file that shrank under its mapping would fault there). */
+static int make_memfd(struct mvg_sim *s)
 {
-	int err = layout(s);
-	for (unsigned k = 0; k < s->nram && !err; k++)
-		err = map_ram(&s->ram[k], s->cfg.thp);
-	if (err)
-		return err;
+	s->memfd = memfd_create("mvg-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (s->memfd < 0)
+		return -errno;
+	if (ftruncate(s->memfd, (off_t)s->cfg.ram_bytes) ||
+	    fcntl(s->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW))
+		return -errno;
+	return 0;
+}
+
+static int register_ram(struct mvg_sim *s, struct mv_host *host)
+{
 	struct mv_vm_config vc;
 	mv_vm_config_init(&vc);
 	vc.name = s->cfg.name;
 	vc.domain = s->cfg.domain;
-	err = mv_vm_new(host, &vc, &s->vm);
+	int err = mv_vm_new(host, &vc, &s->vm);
 	for (unsigned k = 0; k < s->nram && !err; k++)
 		err = mv_vm_region_add(s->vm, k, s->ram[k].gpa, s->ram[k].hva, s->ram[k].bytes, 0);
+	return err;
+}
+
+static int setup_ram(struct mvg_sim *s, struct mv_host *host)
+{
+	bool vu = s->cfg.vhost_user_socket;
+	int err = layout(s);
+	if (!err && vu)
+		err = make_memfd(s);
+	for (unsigned k = 0; k < s->nram && !err; k++)
+		err = map_ram(&s->ram[k], s->cfg.thp, s->memfd);
+	if (!err && !vu)
+		err = register_ram(s, host);
 	struct mvg__galloc_region gr[2];
 	for (unsigned k = 0; k < s->nram; k++)
 		gr[k] = (struct mvg__galloc_region){ s->ram[k].gpa, s->ram[k].bytes };
@@ -356,6 +409,8 @@ static void free_ram(struct mvg_sim *s)
 	for (unsigned k = 0; k < s->nram; k++)
 		if (s->ram[k].hva)
 			munmap(s->ram[k].hva, s->ram[k].bytes);
+	if (s->memfd >= 0)
+		close(s->memfd);
 }
 
 /* ---- lifetime ---- */
@@ -387,8 +442,30 @@ static void fini_sync(struct mvg_sim *s)
 	pthread_mutex_destroy(&s->stats_lock);
 }
 
+/* The device is the backend at vhost_user_socket, behind a bridge. */
+static int setup_bridge(struct mvg_sim *s)
+{
+	struct mvg__vub_region r[2];
+	for (unsigned k = 0; k < s->nram; k++)
+		r[k] = (struct mvg__vub_region){ s->ram[k].gpa, s->ram[k].bytes, s->ram[k].offset,
+		                                 s->ram[k].hva };
+	struct mvg__vub_config vc = {
+		.sock = mvg__vub_connect(s->cfg.vhost_user_socket), .memfd = s->memfd,
+		.regions = r, .nregions = s->nram, .queue_max = s->cfg.device.queue_max,
+		.timeout_ns = s->cfg.vhost_user_timeout_ns, .interrupt = raise_irq_opaque, .opaque = s,
+	};
+	if (vc.sock < 0)
+		return vc.sock;
+	int err = mvg__vub_new(&vc, &s->vub);
+	if (err)
+		close(vc.sock);
+	return err;
+}
+
 static int setup_device(struct mvg_sim *s)
 {
+	if (s->cfg.vhost_user_socket)
+		return setup_bridge(s);
 	s->ops = (struct mv_balloon_ops){ .interrupt = dev_interrupt, .now_ns = dev_now };
 	struct mv_balloon_config bc = s->cfg.device;
 	bc.ops = &s->ops;
@@ -436,12 +513,13 @@ static int setup_driver(struct mvg_sim *s)
 
 int mvg_sim_new(struct mv_host *host, const struct mvg_sim_config *cfg, struct mvg_sim **out)
 {
-	if (!host || !cfg || !out || !cfg->name)
+	if (!cfg || !out || !cfg->name || (!host && !cfg->vhost_user_socket))
 		return -EINVAL;
 	struct mvg_sim *s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	s->cfg = *cfg;
+	s->memfd = -1;
 	init_sync(s);
 	int err = setup_ram(s, host);
 	if (err)
@@ -455,6 +533,7 @@ int mvg_sim_new(struct mv_host *host, const struct mvg_sim_config *cfg, struct m
 	if (cfg->start_driver && (err = mvg_sim_start_driver(s)))
 		goto fail_driver;
 	s->cfg.name = s->cfg.domain = NULL; /* the caller's strings: the VM copied them */
+	s->cfg.vhost_user_socket = NULL;
 	*out = s;
 	return 0;
 fail_driver:
@@ -463,6 +542,7 @@ fail_driver:
 	free(s->drv);
 	stop_io(s);
 fail_device:
+	mvg__vub_free(s->vub);
 	mv_balloon_free(s->b);
 fail_ram:
 	free_ram(s);
@@ -482,6 +562,7 @@ void mvg_sim_free(struct mvg_sim *s)
 	s->drv_ok = false;
 	pthread_mutex_unlock(&s->drv_lock);
 	stop_io(s);
+	mvg__vub_free(s->vub); /* after the driver's reset went through it */
 	mv_balloon_free(s->b);
 	free(s->drv);
 	free_ram(s);
@@ -504,6 +585,22 @@ struct mv_vm *mvg_sim_vm(struct mvg_sim *s)
 struct mv_balloon *mvg_sim_balloon(struct mvg_sim *s)
 {
 	return s->b;
+}
+
+int mvg_sim_ram_fd(struct mvg_sim *s)
+{
+	return s->memfd;
+}
+
+void mvg_sim_transport_info(struct mvg_sim *s, struct mvg_sim_transport_info *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!s->vub)
+		return;
+	struct mvg__vub_info vi;
+	mvg__vub_info(s->vub, &vi);
+	*out = (struct mvg_sim_transport_info){ vi.error, vi.requests, vi.refused, vi.ring_irqs,
+	                                        vi.config_irqs, vi.protocol_features };
 }
 
 void *mvg_sim_hva(struct mvg_sim *s, uint64_t gpa)
@@ -579,17 +676,37 @@ void mvg_sim_driver_status(struct mvg_sim *s, struct mvg_status *out)
 	pthread_mutex_unlock(&s->drv_lock);
 }
 
+/* The device's target and actual, in bytes: from the device, or through the bridge's
+ * config space (-ENOTCONN when the backend is gone). */
+static int device_view(struct mvg_sim *s, uint64_t *target, uint64_t *actual)
+{
+	if (!s->vub) {
+		struct mv_balloon_info info;
+		mv_balloon_info(s->b, &info);
+		*target = info.target_bytes;
+		*actual = info.actual_bytes;
+		return 0;
+	}
+	*target = (uint64_t)mvg__vub_read(s->vub, VMMIO_CONFIG_NUM_PAGES) * MVG_PAGE_SIZE;
+	*actual = (uint64_t)mvg__vub_read(s->vub, VMMIO_CONFIG_ACTUAL) * MVG_PAGE_SIZE;
+	struct mvg__vub_info vi;
+	mvg__vub_info(s->vub, &vi);
+	return vi.error ? -ENOTCONN : 0;
+}
+
 int mvg_sim_settle(struct mvg_sim *s, uint64_t timeout_ns)
 {
 	uint64_t end = mono_ns() + timeout_ns;
 	for (;;) {
-		struct mv_balloon_info info;
+		uint64_t target, actual;
 		struct mvg_status st;
-		mv_balloon_info(s->b, &info);
+		int err = device_view(s, &target, &actual);
+		if (err)
+			return err;
 		mvg_sim_driver_status(s, &st);
-		if (info.actual_bytes == info.target_bytes)
+		if (actual == target)
 			return 0;
-		if (st.at_floor && st.target_pages * MVG_PAGE_SIZE == info.target_bytes)
+		if (st.at_floor && st.target_pages * MVG_PAGE_SIZE == target)
 			return 0; /* at_floor for the current target, not a stale one */
 		if (mono_ns() >= end)
 			return -ETIMEDOUT;

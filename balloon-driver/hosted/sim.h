@@ -5,6 +5,11 @@
  * virtio-mmio helper, and the guest driver (balloon-driver/) running in a thread of its
  * own. Driver and device talk only through the rings in guest RAM and the MMIO window,
  * as in a real VM. Tests, benchmarks and the policy engine's simulated guests use it.
+ *
+ * With vhost_user_socket set, the device is a vhost-user backend instead (memvirt's own,
+ * or any other): guest RAM is one memfd mapped MAP_SHARED, and the driver's MMIO window
+ * is a bridge (vubridge.h) that speaks vhost-user to the backend, as a VMM's
+ * vhost-user-device does. No VM nor device of libmemvirt lives in the sim then.
  */
 #ifndef MVG_SIM_H
 #define MVG_SIM_H
@@ -27,13 +32,24 @@ struct mvg_sim_config {
 	                             default true */
 	bool start_driver;        /* start the driver thread in mvg_sim_new (default true) */
 	struct mvg_config driver; /* guest driver settings (mvg_config_init defaults) */
-	struct mv_balloon_config device; /* device settings; ops and opaque are the sim's */
+	struct mv_balloon_config device; /* device settings; ops and opaque are the sim's.
+	                             Over vhost-user only queue_max is used (QueueNumMax) */
+	const char *vhost_user_socket; /* NULL: libmemvirt's device in-process. Else connect
+	                             to the vhost-user backend listening here (host may be
+	                             NULL; io_thread, domain and device settings but
+	                             queue_max are not used) */
+	uint64_t vhost_user_timeout_ns; /* bound on every wait for the backend; default 5 s.
+	                             Past it the connection is over: the driver sees a device
+	                             that needs a reset and stops */
 };
 
 void mvg_sim_config_init(struct mvg_sim_config *cfg);
 
 /* Map and populate nothing: RAM is mapped, registered with a new VM of host and
- * handed to the guest allocator (all free). 0 or -errno. */
+ * handed to the guest allocator (all free). 0 or -errno; over vhost-user also the
+ * connection's errors (-ENOENT, -ECONNREFUSED, -ETIMEDOUT, -ECONNRESET, -EPROTO,
+ * -EPROTONOSUPPORT), and -ENODEV / -EPROTO when the driver finds no balloon or its
+ * negotiation is refused. */
 int mvg_sim_new(struct mv_host *host, const struct mvg_sim_config *cfg, struct mvg_sim **out);
 /* Stop the driver and I/O threads, free device, VM and RAM. NULL is a no-op. */
 void mvg_sim_free(struct mvg_sim *s);
@@ -47,8 +63,22 @@ uint64_t mvg_sim_step(struct mvg_sim *s);
 /* The driver instance, for tests that look inside it (drv.h), with the driver thread
  * stopped. */
 struct mvg_balloon *mvg_sim_driver(struct mvg_sim *s);
+/* The in-process VM and device; NULL over vhost-user (the backend has them). */
 struct mv_vm *mvg_sim_vm(struct mvg_sim *s);
 struct mv_balloon *mvg_sim_balloon(struct mvg_sim *s);
+/* Over vhost-user: guest RAM's memfd (the sim's: do not close), else -1. */
+int mvg_sim_ram_fd(struct mvg_sim *s);
+
+/* The vhost-user transport, as the VMM side sees it (all 0 in-process). */
+struct mvg_sim_transport_info {
+	int error;                 /* 0 while the backend is there; else why it is not */
+	uint64_t requests;         /* vhost-user requests sent */
+	uint64_t refused;          /* of those, refused by the backend */
+	uint64_t ring_irqs;        /* call eventfd wake-ups turned into interrupts */
+	uint64_t config_irqs;      /* CONFIG_CHANGE messages turned into interrupts */
+	uint64_t protocol_features; /* negotiated */
+};
+void mvg_sim_transport_info(struct mvg_sim *s, struct mvg_sim_transport_info *out);
 /* Host address of guest-physical gpa (4 KiB page), NULL outside RAM. */
 void *mvg_sim_hva(struct mvg_sim *s, uint64_t gpa);
 /* The RAM mappings (one or two), for RSS and pagemap checks. */
@@ -70,7 +100,8 @@ void mvg_sim_set_stats(struct mvg_sim *s, const struct mvg_guest_stats *st);
 void mvg_sim_driver_status(struct mvg_sim *s, struct mvg_status *out);
 
 /* Wait until the guest's `actual` equals the device target, or the driver is at its
- * floor, or timeout_ns passes. 0, -ETIMEDOUT. */
+ * floor, or timeout_ns passes. 0, -ETIMEDOUT; over vhost-user the device's view is read
+ * through the bridge's config space, -ENOTCONN once the backend is gone. */
 int mvg_sim_settle(struct mvg_sim *s, uint64_t timeout_ns);
 
 #endif

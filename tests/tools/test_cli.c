@@ -199,6 +199,21 @@ static void bench_guest_help(void **state)
 	assert_int_equal(run(args, err, sizeof(err)), 0);
 }
 
+/* `bench balloon --transport`: an unknown transport is refused; over vhost-user a small
+ * guest's balloon goes to its target and back (exit status 0 says both phases did). */
+static void bench_balloon_transport(void **state)
+{
+	const char *bad[] = { "bench", "balloon", "--transport", "carrier-pigeon", NULL };
+	char err[512];
+	assert_int_equal(run(bad, err, sizeof(err)), 2);
+	assert_non_null(strstr(err, "--transport"));
+	const char *vu[] = { "bench", "balloon", "--guest-gib", "0.25", "--target-gib", "0.0625",
+	                     "--transport", "vhost-user", "--json", NULL };
+	int rc = run(vu, err, sizeof(err));
+	printf("bench balloon --transport vhost-user -> %d: %s\n", rc, err);
+	assert_int_equal(rc, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -206,6 +221,7 @@ int main(void)
 		cmocka_unit_test(bench_guest_refuses_bad_numbers),
 		cmocka_unit_test(bench_guest_help),
 		cmocka_unit_test_setup_teardown(balloon_backend_and_ctl, NULL, teardown),
+		cmocka_unit_test(bench_balloon_transport),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
