@@ -16,14 +16,14 @@
  * resets the device and negotiates again); each ring is staged (size, base, addresses
  * translated to guest-physical, kick) and handed to the device when complete; DRIVER_OK
  * follows when every ring of the negotiated layout is. A ring stopped by GET_VRING_BASE
- * leaves the device running and resumes when it is complete again.
+ * leaves the device running and resumes when it is complete again (vhost_user_ring.c).
  *
  * Notifications: a kick eventfd in the epoll set (or a VRING_KICK message with in-band
  * notifications) runs the queue's work, at most the device's budget per call; work left
- * keeps the `wake` eventfd readable. The device's interrupt hook writes the ring's call
- * fd (an eventfd, a pipe or a socket: 8 bytes), sends VRING_CALL in-band, or sends a
- * config-change message on the backend channel. Nothing here ever waits for the
- * frontend: the frontend may be waiting for us.
+ * keeps the `wake` eventfd readable. The device's interrupt hook rings the ring's call
+ * descriptor, sends VRING_CALL in-band, or sends a config-change message on the backend
+ * channel (vhost_user_notify.c). Nothing here waits for the frontend: the frontend may
+ * be waiting for us. The memory table is vhost_user_mem.c.
  */
 #include "vhost_user_int.h"
 
@@ -50,13 +50,9 @@ enum {
 
 #define VU_FLAG_REPLY      (1u << 2)
 #define VU_FLAG_NEED_REPLY (1u << 3)
-#define VU_F_PROTOCOL      30   /* VHOST_USER_F_PROTOCOL_FEATURES */
 #define VU_PF_REPLY_ACK    3
 #define VU_PF_RESET_DEVICE 13
-#define VU_RING_NOFD       (1ull << 8)
-#define VU_RING_INDEX      0xffull
 #define VU_MSGS_PER_CALL   64   /* then the loop gets a turn; the socket stays readable */
-#define BIT(n)             (1ull << (n))
 
 /* epoll data: what became readable */
 #define EV_SOCK 0x100
@@ -68,13 +64,8 @@ static uint64_t protocol_offered(const struct mv_vhost_user *vu)
 	       BIT(VU_PF_RESET_DEVICE) | (vu->cfg.inband_notifications ? BIT(VU_PF_INBAND) : 0);
 }
 
-static bool inband(const struct mv_vhost_user *vu)
-{
-	return (vu->protocol & (BIT(VU_PF_INBAND) | BIT(VU_PF_BACKEND_REQ))) ==
-	       (BIT(VU_PF_INBAND) | BIT(VU_PF_BACKEND_REQ));
-}
 
-static int reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
+int mv__vu_reply(struct mv_vhost_user *vu, const void *payload, uint32_t size)
 {
 	return mv__vu_send(vu->sock, vu->hdr.request, VU_FLAG_REPLY, payload, size);
 }
@@ -85,266 +76,13 @@ static uint64_t user_now(void *opaque)
 	return vu->user_ops.now_ns ? vu->user_ops.now_ns(vu->cfg.balloon.opaque) : mv__mono_ns();
 }
 
-/* ---- the device side of the frontend's steps (device mutex held) ---- */
-
-static uint64_t device_features(struct mv_vhost_user *vu)
-{
-	return mv__bl_device_features(vu->b) | BIT(VU_F_PROTOCOL);
-}
-
-static void queues_reset(struct mv_vhost_user *vu)
-{
-	pthread_mutex_lock(&vu->fd_lock);
-	for (unsigned q = 0; q < MV_BL_NQ; q++) {
-		struct vu_queue *x = &vu->q[q];
-		if (x->kick >= 0)
-			epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-		mv__vu_close(&x->kick);
-		mv__vu_close(&x->call);
-		*x = (struct vu_queue){ .kick = -1, .call = -1 };
-	}
-	pthread_mutex_unlock(&vu->fd_lock);
-	vu->more = 0;
-}
-
-/* Back to the state of a new connection's device (the memory table stays). */
-static void device_reset(struct mv_vhost_user *vu)
-{
-	mv__bl_set_status(vu->b, 0);
-	queues_reset(vu);
-	vu->running = vu->features_set = false;
-	vu->features = 0;
-}
-
-static int set_features(struct mv_vhost_user *vu, uint64_t f)
-{
-	if (f & ~device_features(vu) || !(f & BIT(MV_VIRTIO_F_VERSION_1)))
-		return -EINVAL; /* refused before the device is reset: nothing changes */
-	uint64_t virtio = f & ~BIT(VU_F_PROTOCOL);
-	if (vu->features_set && (vu->features & ~BIT(VU_F_PROTOCOL)) == virtio) {
-		vu->features = f;
-		return 0;
-	}
-	for (unsigned q = 0; q < MV_BL_NQ; q++)
-		if (vu->q[q].started)
-			return -EBUSY; /* not while rings of the old layout run */
-	struct mv_balloon *b = vu->b;
-	if (b->status)
-		mv__bl_set_status(b, 0);
-	mv__bl_set_status(b, MV_VS_ACKNOWLEDGE | MV_VS_DRIVER);
-	int err = mv__bl_driver_features(b, virtio);
-	if (!err)
-		err = mv__bl_set_status(b, MV_VS_ACKNOWLEDGE | MV_VS_DRIVER | MV_VS_FEATURES_OK);
-	if (err) {
-		mv__bl_set_status(b, 0);
-		vu->features_set = false;
-		return err;
-	}
-	vu->features = f;
-	vu->features_set = true;
-	vu->running = false;
-	for (unsigned q = 0; q < MV_BL_NQ; q++) /* without protocol features rings run at once */
-		if (!vu->q[q].started)
-			vu->q[q].enabled = !(f & BIT(VU_F_PROTOCOL));
-	return 0;
-}
-
-/* Hand complete rings to the device; DRIVER_OK once every ring of the layout runs. */
-static void kick(struct mv_vhost_user *vu, unsigned q);
-
-static void try_start(struct mv_vhost_user *vu)
-{
-	struct mv_balloon *b = vu->b;
-	if (!vu->features_set || !vu->nmem)
-		return;
-	unsigned n = b->nr_vq, ready = 0;
-	for (unsigned q = 0; q < n; q++) {
-		struct vu_queue *x = &vu->q[q];
-		if (!x->started && x->has_num && x->has_addr && x->has_kick) {
-			struct mv_virtq_setup s = { x->num, x->desc, x->avail, x->used };
-			int err = mv__bl_queue_start(b, q, &s, x->base);
-			if (err)
-				mv__log(b->h, MV_LOG_WARN, "vm %s vhost-user: ring %u refused (%s)",
-				        b->vm->name, q, mv_strerror(err));
-			x->started = !err;
-		}
-		ready += x->started;
-	}
-	if (ready == n && !vu->running) {
-		vu->running = !mv__bl_set_status(b, b->status | MV_VS_DRIVER_OK);
-		if (vu->running)
-			mv__log(b->h, MV_LOG_INFO, "vm %s vhost-user: driver running (%u queues)",
-			        b->vm->name, n);
-	}
-	/* What the driver queued before a ring ran may exceed one notification's budget:
-	 * run each ring once here, so that work left is remembered (vu->more). */
-	for (unsigned q = 0; q < n && vu->running; q++)
-		if (vu->q[q].started)
-			kick(vu, q);
-}
-
-/* Run queue q's work (the device's budget); remember whether work is left. */
-static void kick(struct mv_vhost_user *vu, unsigned q)
-{
-	if (q >= MV_BL_NQ || !vu->q[q].started || !vu->q[q].enabled)
-		return;
-	int more = mv__bl_queue_notify(vu->b, q);
-	if (more == 1) {
-		uint64_t one = 1;
-		vu->more |= 1u << q;
-		if (write(vu->wake, &one, sizeof(one)) < 0) {
-			/* already at its limit: it is readable anyway */
-		}
-	} else {
-		vu->more &= ~(1u << q);
-	}
-}
-
-/* ---- requests ---- */
-
-/* A ring request's queue: a known number of the layout. */
-static struct vu_queue *ring(struct mv_vhost_user *vu, uint64_t index)
-{
-	return index < MV_BL_NQ ? &vu->q[index] : NULL;
-}
-
-static int ring_num(struct mv_vhost_user *vu, const struct vu_state *s)
-{
-	struct vu_queue *x = ring(vu, s->index);
-	unsigned n = s->num;
-	if (!x || x->started || !n || n > vu->b->cfg.queue_max || (n & (n - 1)))
-		return -EINVAL;
-	x->num = (uint16_t)n;
-	x->has_num = true;
-	return 0;
-}
-
-static int ring_addr(struct mv_vhost_user *vu, const struct vu_addr *a)
-{
-	struct vu_queue *x = ring(vu, a->index);
-	if (!x || x->started || !x->has_num || a->flags) /* no dirty log is offered */
-		return -EINVAL;
-	uint64_t d, av, u, n = x->num;
-	if (!mv__vu_mem_gpa(vu, a->desc, 16 * n, &d) || !mv__vu_mem_gpa(vu, a->avail, 4 + 2 * n, &av) ||
-	    !mv__vu_mem_gpa(vu, a->used, 4 + 8 * n, &u))
-		return -EINVAL; /* a ring outside every region */
-	if (d & 15 || av & 1 || u & 3)
-		return -EINVAL;
-	x->desc = d;
-	x->avail = av;
-	x->used = u;
-	x->has_addr = true;
-	return 0;
-}
-
-static int ring_base(struct mv_vhost_user *vu, const struct vu_state *s)
-{
-	struct vu_queue *x = ring(vu, s->index);
-	if (!x || x->started || s->num > 0xffff)
-		return -EINVAL;
-	x->base = (uint16_t)s->num;
-	return 0;
-}
-
-/* GET_VRING_BASE: the ring stops; the reply says where it resumes. */
-static int ring_stop(struct mv_vhost_user *vu, const struct vu_state *s)
-{
-	struct vu_queue *x = ring(vu, s->index);
-	if (!x)
-		return -EINVAL;
-	uint16_t base = x->base;
-	if (x->started)
-		mv__bl_queue_stop(vu->b, s->index, &base);
-	if (x->kick >= 0)
-		epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-	mv__vu_close(&x->kick);
-	x->started = x->has_kick = x->has_addr = false;
-	x->base = base;
-	vu->more &= ~(1u << s->index);
-	struct vu_state st = { s->index, base };
-	return reply(vu, &st, sizeof(st));
-}
-
-/* SET_VRING_KICK / CALL / ERR: an index, and a descriptor unless NOFD says none. */
-static int ring_fd(struct mv_vhost_user *vu, uint64_t v, int *fd)
-{
-	struct vu_queue *x = ring(vu, v & VU_RING_INDEX);
-	bool nofd = v & VU_RING_NOFD;
-	if (!x || v & ~(VU_RING_INDEX | VU_RING_NOFD) || nofd != (vu->nfds == 0) || vu->nfds > 1)
-		return -EINVAL;
-	*fd = nofd ? -1 : vu->fds[0];
-	if (!nofd)
-		vu->nfds = 0; /* taken */
-	return (int)(v & VU_RING_INDEX);
-}
-
-static int ring_kick_fd(struct mv_vhost_user *vu, uint64_t v)
-{
-	int fd, q = ring_fd(vu, v, &fd);
-	if (q < 0)
-		return q;
-	struct vu_queue *x = &vu->q[q];
-	if (fd < 0 && !inband(vu)) {
-		return -EINVAL; /* polling is not offered */
-	}
-	if (fd >= 0) {
-		/* read only when ready, but a stale event or the frontend draining its own
-		 * eventfd must not make that read wait */
-		struct epoll_event ev = { .events = EPOLLIN, .data.u64 = (uint64_t)q };
-		if (mv__vu_set_nonblock(fd) || epoll_ctl(vu->ep, EPOLL_CTL_ADD, fd, &ev)) {
-			int err = -errno;
-			close(fd);
-			return err;
-		}
-	}
-	if (x->kick >= 0)
-		epoll_ctl(vu->ep, EPOLL_CTL_DEL, x->kick, NULL);
-	mv__vu_close(&x->kick);
-	x->kick = fd;
-	x->has_kick = true;
-	try_start(vu); /* runs what the driver queued before */
-	return 0;
-}
-
-static int ring_call_fd(struct mv_vhost_user *vu, uint64_t v, bool err_fd)
-{
-	int fd, q = ring_fd(vu, v, &fd);
-	if (q < 0)
-		return q;
-	if (err_fd) { /* the device never reports ring errors */
-		mv__vu_close(&fd);
-		return 0;
-	}
-	if (fd >= 0 && mv__vu_set_nonblock(fd)) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	pthread_mutex_lock(&vu->fd_lock);
-	mv__vu_close(&vu->q[q].call);
-	vu->q[q].call = fd;
-	pthread_mutex_unlock(&vu->fd_lock);
-	return 0;
-}
-
-static int ring_enable(struct mv_vhost_user *vu, const struct vu_state *s)
-{
-	struct vu_queue *x = ring(vu, s->index);
-	if (!x || s->num > 1 || !(vu->features & BIT(VU_F_PROTOCOL)))
-		return -EINVAL;
-	x->enabled = s->num;
-	if (x->enabled && x->started)
-		kick(vu, s->index);
-	return 0;
-}
-
 static int config_get(struct mv_vhost_user *vu, const struct vu_cfg *c)
 {
 	if (vu->hdr.size != 12 + c->size || c->size > VU_CONFIG_MAX || c->offset > VU_CONFIG_MAX)
 		return -EPROTO; /* a reply of the wrong size would break the frontend */
 	struct vu_cfg out = { c->offset, c->size, 0, { 0 } };
 	mv__bl_config_read(vu->b, c->offset, out.data, c->size);
-	return reply(vu, &out, 12 + c->size);
+	return mv__vu_reply(vu, &out, 12 + c->size);
 }
 
 static int config_set(struct mv_vhost_user *vu, const struct vu_cfg *c)
@@ -406,11 +144,11 @@ static int request(struct mv_vhost_user *vu)
 	uint64_t v;
 	switch (vu->hdr.request) {
 	case VU_GET_FEATURES:
-		v = device_features(vu);
-		return reply(vu, &v, 8) ? -EPROTO : 1;
+		v = mv__vu_device_features(vu);
+		return mv__vu_reply(vu, &v, 8) ? -EPROTO : 1;
 	case VU_GET_PROTOCOL_FEATURES:
 		v = protocol_offered(vu);
-		return reply(vu, &v, 8) ? -EPROTO : 1;
+		return mv__vu_reply(vu, &v, 8) ? -EPROTO : 1;
 	case VU_SET_PROTOCOL_FEATURES:
 		if (p->u64 & ~protocol_offered(vu))
 			return -EINVAL;
@@ -419,27 +157,27 @@ static int request(struct mv_vhost_user *vu)
 	case VU_SET_OWNER:
 		return 0;
 	case VU_RESET_OWNER: case VU_RESET_DEVICE:
-		device_reset(vu);
+		mv__vu_device_reset(vu);
 		return 0;
 	case VU_SET_FEATURES:
-		return set_features(vu, p->u64);
+		return mv__vu_set_features(vu, p->u64);
 	case VU_SET_MEM_TABLE: {
 		int err = mv__vu_mem_set(vu, &p->mem, vu->hdr.size, vu->fds, vu->nfds);
 		if (err < 0)
 			return err;
 		if (!err)
 			vu->nfds = 0; /* the table keeps them */
-		try_start(vu);
+		mv__vu_try_start(vu);
 		return 0;
 	}
-	case VU_SET_VRING_NUM:    return ring_num(vu, &p->state);
-	case VU_SET_VRING_ADDR:   return ring_addr(vu, &p->addr);
-	case VU_SET_VRING_BASE:   return ring_base(vu, &p->state);
-	case VU_GET_VRING_BASE:   return ring_stop(vu, &p->state) ? -EPROTO : 1;
-	case VU_SET_VRING_KICK:   return ring_kick_fd(vu, p->u64);
-	case VU_SET_VRING_CALL:   return ring_call_fd(vu, p->u64, false);
-	case VU_SET_VRING_ERR:    return ring_call_fd(vu, p->u64, true);
-	case VU_SET_VRING_ENABLE: return ring_enable(vu, &p->state);
+	case VU_SET_VRING_NUM:    return mv__vu_ring_num(vu, &p->state);
+	case VU_SET_VRING_ADDR:   return mv__vu_ring_addr(vu, &p->addr);
+	case VU_SET_VRING_BASE:   return mv__vu_ring_base(vu, &p->state);
+	case VU_GET_VRING_BASE:   return mv__vu_ring_stop(vu, &p->state) ? -EPROTO : 1;
+	case VU_SET_VRING_KICK:   return mv__vu_ring_kick_fd(vu, p->u64);
+	case VU_SET_VRING_CALL:   return mv__vu_ring_call_fd(vu, p->u64, false);
+	case VU_SET_VRING_ERR:    return mv__vu_ring_call_fd(vu, p->u64, true);
+	case VU_SET_VRING_ENABLE: return mv__vu_ring_enable(vu, &p->state);
 	case VU_SET_BACKEND_REQ_FD: return backend_fd(vu);
 	case VU_GET_CONFIG:
 		if (!(vu->protocol & BIT(VU_PF_CONFIG)))
@@ -448,7 +186,7 @@ static int request(struct mv_vhost_user *vu)
 	case VU_SET_CONFIG:
 		return vu->protocol & BIT(VU_PF_CONFIG) ? config_set(vu, &p->cfg) : -EINVAL;
 	case VU_VRING_KICK:
-		if (!inband(vu) || p->state.index >= MV_BL_NQ)
+		if (!mv__vu_inband(vu) || p->state.index >= MV_BL_NQ)
 			return -EINVAL;
 		return 2; /* acked first: the frontend is frozen until then */
 	default:
@@ -474,13 +212,13 @@ static int answer(struct mv_vhost_user *vu, int ret)
 	if (ret <= 0 || ret == 2) {
 		if (vu->hdr.flags & VU_FLAG_NEED_REPLY && vu->protocol & BIT(VU_PF_REPLY_ACK)) {
 			uint64_t status = ret < 0 ? 1 : 0;
-			if (reply(vu, &status, 8))
+			if (mv__vu_reply(vu, &status, 8))
 				return -EPROTO;
 		}
 	}
 	if (ret == 2) {
 		vu->kicks++;
-		kick(vu, vu->pl.state.index);
+		mv__vu_kick(vu, vu->pl.state.index);
 	}
 	return 0;
 }
@@ -610,14 +348,14 @@ MV_API int mv_vhost_user_dispatch(struct mv_vhost_user *vu)
 			pthread_mutex_lock(&vu->b->lock);
 			for (unsigned q = 0; q < MV_BL_NQ; q++)
 				if (vu->more & (1u << q))
-					kick(vu, q);
+					mv__vu_kick(vu, q);
 			pthread_mutex_unlock(&vu->b->lock);
 		} else if (what < MV_BL_NQ && vu->q[what].kick >= 0) {
 			ssize_t r = kick_read(vu->q[what].kick);
 			if (r > 0) {
 				vu->kicks++;
 				pthread_mutex_lock(&vu->b->lock);
-				kick(vu, (unsigned)what);
+				mv__vu_kick(vu, (unsigned)what);
 				pthread_mutex_unlock(&vu->b->lock);
 			} else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
 				/* at its end, or not readable at all: it would be reported for ever */
@@ -726,7 +464,7 @@ MV_API void mv_vhost_user_free(struct mv_vhost_user *vu)
 		return;
 	mv_balloon_free(vu->b); /* no interrupt after this */
 	mv__vu_notifier_stop(vu);
-	queues_reset(vu);
+	mv__vu_queues_reset(vu);
 	mv__vu_mem_clear(vu);
 	drop_fds(vu);
 	mv__vu_close(&vu->backend);

@@ -91,13 +91,37 @@ struct mv_vhost_user {
 };
 
 /* Wire constants the files share. */
+#define BIT(n)             (1ull << (n))
 #define VU_VERSION         1u
+#define VU_F_PROTOCOL      30   /* VHOST_USER_F_PROTOCOL_FEATURES */
+#define VU_RING_NOFD       (1ull << 8)  /* SET_VRING_KICK/CALL/ERR: no descriptor */
+#define VU_RING_INDEX      0xffull
 #define VU_PF_CONFIG       9
 #define VU_PF_BACKEND_REQ  5
 #define VU_PF_INBAND       14
 enum { VU_BACKEND_CONFIG_CHANGE = 2, VU_BACKEND_VRING_CALL = 4 };
 
+/* vhost_user.c */
+int mv__vu_reply(struct mv_vhost_user *vu, const void *payload, uint32_t size);
+
+/* vhost_user_ring.c; vu->lock and the device mutex held. The ring requests return 0 or
+ * -errno for the ack (ring_stop: 0 once its reply is sent). */
+uint64_t mv__vu_device_features(struct mv_vhost_user *vu);
+void mv__vu_queues_reset(struct mv_vhost_user *vu);
+void mv__vu_device_reset(struct mv_vhost_user *vu);
+int mv__vu_set_features(struct mv_vhost_user *vu, uint64_t f);
+void mv__vu_kick(struct mv_vhost_user *vu, unsigned q);  /* run ring q's work */
+int mv__vu_ring_num(struct mv_vhost_user *vu, const struct vu_state *s);
+int mv__vu_ring_addr(struct mv_vhost_user *vu, const struct vu_addr *a);
+int mv__vu_ring_base(struct mv_vhost_user *vu, const struct vu_state *s);
+int mv__vu_ring_stop(struct mv_vhost_user *vu, const struct vu_state *s);
+int mv__vu_ring_kick_fd(struct mv_vhost_user *vu, uint64_t v);
+int mv__vu_ring_call_fd(struct mv_vhost_user *vu, uint64_t v, bool err_fd);
+int mv__vu_ring_enable(struct mv_vhost_user *vu, const struct vu_state *s);
+void mv__vu_try_start(struct mv_vhost_user *vu);
+
 /* vhost_user_notify.c */
+bool mv__vu_inband(const struct mv_vhost_user *vu);
 int mv__vu_set_nonblock(int fd);          /* 0, or -1 with errno */
 void mv__vu_close(int *fd);               /* close if >= 0, then -1 */
 /* One message, never waiting: 0, -EAGAIN (nothing sent), -EMSGSIZE (part of it), -errno. */

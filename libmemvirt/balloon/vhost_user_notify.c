@@ -80,7 +80,7 @@ static int backend_send(struct mv_vhost_user *vu, uint32_t request, const void *
 	return err;
 }
 
-static bool inband(const struct mv_vhost_user *vu)
+bool mv__vu_inband(const struct mv_vhost_user *vu)
 {
 	uint64_t both = (1ull << VU_PF_INBAND) | (1ull << VU_PF_BACKEND_REQ);
 	return (vu->protocol & both) == both;
@@ -105,7 +105,7 @@ void mv__vu_interrupt(void *opaque, int queue)
 	} else if (vu->q[queue].call >= 0) {
 		if (call_fd_write(vu->q[queue].call))
 			vu->calls++;
-	} else if (inband(vu) && vu->backend >= 0) {
+	} else if (mv__vu_inband(vu) && vu->backend >= 0) {
 		struct vu_state st = { (uint32_t)queue, 0 };
 		if (!backend_send(vu, VU_BACKEND_VRING_CALL, &st, sizeof(st)))
 			vu->calls++;
@@ -126,7 +126,7 @@ static void call_one(struct mv_vhost_user *vu, unsigned q)
 {
 	pthread_mutex_lock(&vu->fd_lock);
 	int fd = vu->q[q].call >= 0 ? dup(vu->q[q].call) : -1;
-	if (fd < 0 && vu->q[q].call < 0 && inband(vu) && vu->backend >= 0) {
+	if (fd < 0 && vu->q[q].call < 0 && mv__vu_inband(vu) && vu->backend >= 0) {
 		struct vu_state st = { q, 0 };
 		if (!backend_send(vu, VU_BACKEND_VRING_CALL, &st, sizeof(st)))
 			vu->calls++;

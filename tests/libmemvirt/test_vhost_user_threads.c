@@ -31,13 +31,6 @@ static int setup_threads(void **state)
 	return 0;
 }
 
-static int teardown_threads(void **state)
-{
-	struct fe *f = *state;
-	f->h->prim = orig;
-	return teardown(state);
-}
-
 /* Wait (bounded) for a call on ring q: the call thread delivers it. */
 static bool call_arrives(struct fe *f, unsigned q)
 {
@@ -115,11 +108,11 @@ int main(void)
 {
 	static const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(stopped_device_releases_nothing_after, setup_threads,
-		                                teardown_threads),
+		                                teardown),
 		cmocka_unit_test_setup_teardown(deflate_answered_after_the_release, setup_threads,
-		                                teardown_threads),
+		                                teardown),
 		cmocka_unit_test_setup_teardown(blocking_call_fd_stalls_only_the_call_thread,
-		                                setup_threads, teardown_threads),
+		                                setup_threads, teardown),
 	};
 	return cmocka_run_group_tests_name("vhost-user with the release and call threads", tests,
 	                                   NULL, NULL);
