@@ -149,14 +149,29 @@ static void end_conn(struct vu_serve *s, unsigned i, int why)
 	pthread_mutex_unlock(&s->lock);
 }
 
-/* The server's target reaches a device once the frontend's memory is there. */
+static uint64_t conn_ram(struct conn *c)
+{
+	struct mv_vhost_user_info vi = { 0 };
+	mv_vhost_user_info(c->vu, &vi);
+	return vi.ram_bytes;
+}
+
+/* The server's target reaches a device once the frontend's memory is there; a guest
+ * with less RAM than the target is told so once and left as it is. */
 static void apply_targets(struct vu_serve *s)
 {
 	pthread_mutex_lock(&s->lock);
 	for (unsigned i = 0; s->have_target && i < s->n; i++) {
 		struct conn *c = s->conn[i];
-		if (!c->target_set)
-			c->target_set = !mv_balloon_set_target(mv_vhost_user_balloon(c->vu), s->target);
+		if (c->target_set)
+			continue;
+		int err = mv_balloon_set_target(mv_vhost_user_balloon(c->vu), s->target);
+		uint64_t ram = err ? conn_ram(c) : 0;
+		c->target_set = !err || ram; /* no memory yet: again later */
+		if (err && ram)
+			fprintf(logf_(s), "memvirt: frontend %u: target %llu MiB not applied: its RAM is "
+			        "%llu MiB\n", c->id, (unsigned long long)(s->target >> 20),
+			        (unsigned long long)(ram >> 20));
 	}
 	pthread_mutex_unlock(&s->lock);
 }
@@ -264,6 +279,17 @@ static json_object *cmd_target(struct vu_serve *s, char **w, int n)
 	if (n == 3)
 		return ok_json(vu_serve_target(s, id, bytes));
 	pthread_mutex_lock(&s->lock);
+	for (unsigned i = 0; i < s->n; i++) { /* refused whole if a guest is too small */
+		uint64_t ram = conn_ram(s->conn[i]);
+		if (ram && bytes > ram) {
+			char why[96];
+			snprintf(why, sizeof(why), "%llu MiB is more than the RAM of frontend %u (%llu MiB)",
+			         (unsigned long long)(bytes >> 20), s->conn[i]->id,
+			         (unsigned long long)(ram >> 20));
+			pthread_mutex_unlock(&s->lock);
+			return err_json("target %s: nothing changed", why);
+		}
+	}
 	s->have_target = true;
 	s->target = bytes;
 	for (unsigned i = 0; i < s->n; i++)

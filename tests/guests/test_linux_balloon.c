@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -31,7 +33,7 @@
 #define F_ALL 0x3full
 
 struct fx {
-	char dir[64], sock[96];
+	char dir[64], sock[96], ctl[96];
 	struct mv_host *h;
 	struct vu_serve *s;
 	pthread_t th;
@@ -52,9 +54,10 @@ static void serve_start(struct fx *f, uint64_t features, bool no_release)
 	snprintf(f->dir, sizeof(f->dir), "/tmp/mv-linux-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->sock, sizeof(f->sock), "%s/balloon.sock", f->dir);
+	snprintf(f->ctl, sizeof(f->ctl), "%s/control.sock", f->dir);
 	f->h = tu_host();
-	struct vu_serve_opts o = { .socket = f->sock, .features = features, .no_release = no_release,
-	                           .log = fopen("/dev/null", "w") };
+	struct vu_serve_opts o = { .socket = f->sock, .control = f->ctl, .features = features,
+	                           .no_release = no_release, .log = fopen("/dev/null", "w") };
 	assert_int_equal(vu_serve_new(f->h, &o, &f->s), 0);
 	f->stop = eventfd(0, EFD_CLOEXEC);
 	assert_int_equal(pthread_create(&f->th, NULL, serve_thread, f), 0);
@@ -72,6 +75,24 @@ static void serve_stop(struct fx *f)
 	mv_host_free(f->h);
 	close(f->stop);
 	rmdir(f->dir);
+}
+
+/* One command on the server's control socket, as `memvirt balloon-ctl` sends it. */
+static void control(struct fx *f, const char *cmd, char *out, size_t cap)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", f->ctl);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_true(write(fd, cmd, strlen(cmd)) == (ssize_t)strlen(cmd));
+	assert_int_equal(write(fd, "\n", 1), 1);
+	size_t n = 0;
+	ssize_t r;
+	while (n < cap - 1 && !memchr(out, '\n', n) && (r = read(fd, out + n, cap - 1 - n)) > 0)
+		n += (size_t)r;
+	out[n] = 0;
+	close(fd);
 }
 
 static void boot(struct fx *f, unsigned mem_mib, const char *extra)
@@ -205,6 +226,29 @@ static void inflate_deflate_memtotal_and_data(void **state)
 	guest(&f, NULL, 0, "dd if=/dev/zero of=/tmp/again bs=1M count=100 2>/dev/null && rm /tmp/again");
 	md5(&f, "/tmp/data", after);
 	assert_string_equal(before, after);
+	serve_stop(&f);
+}
+
+/* An admin's target beyond the guest's RAM is refused with a message, nothing changed;
+ * a sensible one then goes through. */
+static void admin_target_checked(void **state)
+{
+	if (skip_without_uml())
+		skip();
+	struct fx f;
+	serve_start(&f, F_ALL, false);
+	boot(&f, 256, NULL);
+	char out[512];
+	control(&f, "target 1T", out, sizeof(out));
+	printf("target 1T -> %s", out);
+	assert_non_null(strstr(out, "\"error\""));
+	assert_non_null(strstr(out, "more than the RAM"));
+	assert_int_equal(info(&f).target_bytes, 0);
+	control(&f, "target 64M", out, sizeof(out));
+	assert_non_null(strstr(out, "\"ok\":true"));
+	assert_true(wait_actual(&f, 64 * MIB, 60));
+	control(&f, "target 0", out, sizeof(out));
+	assert_true(wait_actual(&f, 0, 60));
 	serve_stop(&f);
 }
 
@@ -440,6 +484,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(inflate_deflate_memtotal_and_data),
+		cmocka_unit_test(admin_target_checked),
 		cmocka_unit_test(statistics_reach_the_device),
 		cmocka_unit_test(freed_memory_is_reported_and_released),
 		cmocka_unit_test(deflate_on_oom_telling_host),
