@@ -79,29 +79,6 @@ static void list_fds(void)
 	closedir(d);
 }
 
-static long count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	assert_non_null(d);
-	long n = 0;
-	for (struct dirent *e; (e = readdir(d));)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
-static long count_memfd_maps(void)
-{
-	FILE *f = fopen("/proc/self/maps", "r");
-	assert_non_null(f);
-	long n = 0;
-	char line[512];
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, "/memfd:") != NULL;
-	fclose(f);
-	return n;
-}
-
 /* ---- the backend: vu_serve in a thread ---- */
 
 static void *serve_thread(void *arg)
@@ -113,8 +90,8 @@ static void *serve_thread(void *arg)
 
 static void serve_start(struct fx *f)
 {
-	f->fds_base = count_fds();
-	f->maps_base = count_memfd_maps();
+	f->fds_base = tu_open_fds();
+	f->maps_base = tu_memfd_mappings();
 	snprintf(f->dir, sizeof(f->dir), "/tmp/mv-vub-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
 	snprintf(f->sock, sizeof(f->sock), "%s/balloon.sock", f->dir);
@@ -182,8 +159,8 @@ static void guest_config(struct fx *f, uint64_t ram)
 
 static void guest_start(struct fx *f)
 {
-	f->fds0 = count_fds();
-	f->maps0 = count_memfd_maps();
+	f->fds0 = tu_open_fds();
+	f->maps0 = tu_memfd_mappings();
 	int err = mvg_sim_new(NULL, &f->cfg, &f->s);
 	if (err)
 		fprintf(stderr, "mvg_sim_new: %s\n", mv_strerror(err));
@@ -221,18 +198,18 @@ static void guest_stop(struct fx *f)
 	f->s = NULL;
 	if (f->serving) {
 		WAIT_FOR(ended_conns(f) == 1); /* counted once all of it is closed */
-		if (count_fds() != f->fds0)
+		if (tu_open_fds() != f->fds0)
 			list_fds();
-		assert_int_equal(count_fds(), f->fds0);
-		assert_int_equal(count_memfd_maps(), f->maps0);
+		assert_int_equal(tu_open_fds(), f->fds0);
+		assert_int_equal(tu_memfd_mappings(), f->maps0);
 	}
 	serve_kill(f); /* a paused server still holds its end */
 	close(f->stop);
 	fclose(f->log);
 	mv_host_free(f->h);
 	rmdir(f->dir);
-	assert_int_equal(count_fds(), f->fds_base);
-	assert_int_equal(count_memfd_maps(), f->maps_base);
+	assert_int_equal(tu_open_fds(), f->fds_base);
+	assert_int_equal(tu_memfd_mappings(), f->maps_base);
 }
 
 /* As a guest workload: take every free page, write it, give it back (host memory behind
@@ -462,8 +439,8 @@ static void running_workload_keeps_every_write(void **state)
 	wc.name = "web";
 	wc.ram_bytes = 64 * MIB;
 	wc.sim = &f.cfg;
-	f.fds0 = count_fds();
-	f.maps0 = count_memfd_maps();
+	f.fds0 = tu_open_fds();
+	f.maps0 = tu_memfd_mappings();
 	struct mvw_guest *g = NULL;
 	assert_int_equal(mvw_guest_new(f.h, &wc, &g), 0);
 	struct mvg_sim *s = mvw_sim(g);
@@ -606,7 +583,7 @@ static void no_backend_no_guest(void **state)
 	snprintf(f.sock, sizeof(f.sock), "%s/mute.sock", f.dir);
 	guest_config(&f, 16 * MIB);
 	f.cfg.vhost_user_timeout_ns = 100 * 1000000ull;
-	long fds0 = count_fds(), maps0 = count_memfd_maps();
+	long fds0 = tu_open_fds(), maps0 = tu_memfd_mappings();
 	assert_int_equal(mvg_sim_new(NULL, &f.cfg, &f.s), -ENOENT);
 	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
@@ -616,8 +593,8 @@ static void no_backend_no_guest(void **state)
 	assert_int_equal(mvg_sim_new(NULL, &f.cfg, &f.s), -ETIMEDOUT);
 	close(l);
 	assert_int_equal(mvg_sim_new(NULL, &f.cfg, &f.s), -ECONNREFUSED);
-	assert_int_equal(count_fds(), fds0);
-	assert_int_equal(count_memfd_maps(), maps0);
+	assert_int_equal(tu_open_fds(), fds0);
+	assert_int_equal(tu_memfd_mappings(), maps0);
 	unlink(f.sock);
 	rmdir(f.dir);
 }
@@ -658,7 +635,7 @@ static void misbehaving_backend_is_refused(void **state)
 	assert_non_null(mkdtemp(f.dir));
 	snprintf(f.sock, sizeof(f.sock), "%s/liar.sock", f.dir);
 	guest_config(&f, 16 * MIB);
-	long fds0 = count_fds(), maps0 = count_memfd_maps();
+	long fds0 = tu_open_fds(), maps0 = tu_memfd_mappings();
 	struct liar x = { socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), 0 };
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	strcpy(a.sun_path, f.sock);
@@ -672,8 +649,8 @@ static void misbehaving_backend_is_refused(void **state)
 		pthread_join(th, NULL);
 	}
 	close(x.l);
-	assert_int_equal(count_fds(), fds0);
-	assert_int_equal(count_memfd_maps(), maps0);
+	assert_int_equal(tu_open_fds(), fds0);
+	assert_int_equal(tu_memfd_mappings(), maps0);
 	unlink(f.sock);
 	rmdir(f.dir);
 }

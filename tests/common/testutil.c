@@ -1,6 +1,7 @@
 /* testutil.c - helpers shared by the cmocka tests. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <memvirt/memvirt.h>
 #include <stdarg.h>
@@ -103,4 +104,41 @@ struct mv_host *tu_host(void)
 		fprintf(stderr, "mv_host_new: %s\n", mv_strerror(err));
 	assert_int_equal(err, 0);
 	return h;
+}
+
+long tu_open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	long n = 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the directory's own descriptor */
+}
+
+/* Lines of /proc/self/maps that name a memfd (memfd) or are shared (!memfd). */
+static long count_maps(bool memfd)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	if (!f)
+		return -1;
+	long n = 0;
+	char line[512], perms[8];
+	while (fgets(line, sizeof(line), f))
+		n += memfd ? strstr(line, "/memfd:") != NULL
+		           : sscanf(line, "%*s %7s", perms) == 1 && perms[3] == 's';
+	fclose(f);
+	return n;
+}
+
+long tu_memfd_mappings(void)
+{
+	return count_maps(true);
+}
+
+long tu_shared_mappings(void)
+{
+	return count_maps(false);
 }

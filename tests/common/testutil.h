@@ -20,6 +20,12 @@ bool tu_is_zero_pfn(const void *addr);
 /* Number of mappings (VMAs) overlapping [addr, addr+len), from /proc/self/maps. */
 long tu_vmas_in(const void *addr, size_t len);
 
+/* Descriptors open in this process; its mappings of memfds (guest memory a vhost-user
+ * backend maps), or its shared mappings of any file. -1 if /proc cannot be read. */
+long tu_open_fds(void);
+long tu_memfd_mappings(void);
+long tu_shared_mappings(void);
+
 /* Fill a page with bytes derived from seed (seed 0 = zero page). */
 void tu_fill(void *page, uint64_t seed);
 

@@ -421,33 +421,6 @@ static void page_poison_negotiation(void **state)
 	serve_stop(&f);
 }
 
-/* Shared mappings of this process (the guest's memory, while a frontend is served). */
-static long shared_mappings(void)
-{
-	FILE *fp = fopen("/proc/self/maps", "r");
-	char line[512], perms[8];
-	long n = 0;
-	while (fp && fgets(line, sizeof(line), fp))
-		if (sscanf(line, "%*s %7s", perms) == 1 && perms[3] == 's')
-			n++;
-	if (fp)
-		fclose(fp);
-	return n;
-}
-
-static long count_fds(void)
-{
-	char cmd[64];
-	snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int)getpid());
-	FILE *p = popen(cmd, "r");
-	long n = -1;
-	if (p && fscanf(p, "%ld", &n) != 1)
-		n = -1;
-	if (p)
-		pclose(p);
-	return n;
-}
-
 /* The frontend killed in the middle of an inflate: the server survives, nothing of the
  * connection is left (descriptors, mappings), and the next guest is served. */
 static void frontend_killed_mid_inflate(void **state)
@@ -456,14 +429,14 @@ static void frontend_killed_mid_inflate(void **state)
 		skip();
 	struct fx f;
 	serve_start(&f, F_ALL, false);
-	long fds0 = count_fds(), maps0 = shared_mappings();
+	long fds0 = tu_open_fds(), maps0 = tu_shared_mappings();
 	boot(&f, 512, NULL);
 	assert_int_equal(vu_serve_target(f.s, 0, 448 * MIB), 0);
 	for (double end = now_s() + 30; now_s() < end && !info(&f).inflated_bytes; usleep(1000))
 		;
 	struct mv_balloon_info bi = info(&f);
 	assert_true(bi.inflated_bytes > 0);
-	assert_true(shared_mappings() > maps0); /* the guest's memory, mapped here */
+	assert_true(tu_shared_mappings() > maps0); /* the guest's memory, mapped here */
 	assert_int_equal(mv_uml_kill(f.g), 0);
 	f.g = NULL;
 	unsigned ended = 0, live = 1;
@@ -472,8 +445,8 @@ static void frontend_killed_mid_inflate(void **state)
 	printf("killed at %llu of 448 MiB\n", (unsigned long long)(bi.actual_bytes / MIB));
 	assert_int_equal(ended, 1);
 	assert_int_equal(live, 0);
-	assert_int_equal(count_fds(), fds0);
-	assert_int_equal(shared_mappings(), maps0);
+	assert_int_equal(tu_open_fds(), fds0);
+	assert_int_equal(tu_shared_mappings(), maps0);
 	boot(&f, 256, NULL);
 	assert_int_equal(vu_serve_target(f.s, 0, 32 * MIB), 0);
 	assert_true(wait_actual(&f, 32 * MIB, 60));

@@ -18,10 +18,10 @@ static void same_table_keeps_the_balloon(void **state)
 	push_pfns(f, 0, &pfn, 1);
 	kick(f, 0);
 	assert_int_equal(used(f, 0), 1);
-	long fds = count_fds();
+	long fds = tu_open_fds();
 	struct vmem m = table1();
 	assert_int_equal(set_table(f, &m, &f->memfd, 1), 0);
-	assert_int_equal(count_fds(), fds);
+	assert_int_equal(tu_open_fds(), fds);
 	struct mv_balloon_info bi;
 	assert_int_equal(mv_balloon_info(mv_vhost_user_balloon(f->vu), &bi), 0);
 	assert_int_equal(bi.held_bytes, TPAGE);

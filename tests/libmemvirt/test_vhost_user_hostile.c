@@ -510,12 +510,12 @@ static void backend_channel_unread_or_closed(void **state)
 	sigpipes = 0;
 	close(f->chan);
 	f->chan = -1;
-	long fds = count_fds();
+	long fds = tu_open_fds();
 	assert_int_equal(mv_balloon_set_target(b, 3 * TPAGE), 0);
 	assert_int_equal(mv_balloon_set_target(b, 4 * TPAGE), 0);
 	sigaction(SIGPIPE, &old, NULL);
 	assert_int_equal(sigpipes, 0);
-	assert_int_equal(count_fds(), fds - 1); /* the backend closed its end */
+	assert_int_equal(tu_open_fds(), fds - 1); /* the backend closed its end */
 	still_works(f);
 }
 

@@ -89,31 +89,6 @@ static struct { bool release_thread, call_thread; } fe_opts;
 static inline void on_alarm(int sig) { alarmed = 1; }
 static inline void on_pipe(int sig) { sigpipes++; }
 
-static inline long count_fds(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	assert_non_null(d);
-	long n = 0;
-	for (struct dirent *e; (e = readdir(d));)
-		n += e->d_name[0] != '.';
-	closedir(d);
-	return n;
-}
-
-/* Mappings of memfds: the guest memory the backend maps (the rest of the process's
- * mappings come and go with the allocator, a sanitizer's above all). */
-static inline long count_maps(void)
-{
-	FILE *f = fopen("/proc/self/maps", "r");
-	assert_non_null(f);
-	long n = 0;
-	char line[512];
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, "/memfd:") != NULL;
-	fclose(f);
-	return n;
-}
-
 static inline void *G(struct fe *f, uint64_t gpa)
 {
 	assert_true(gpa < MEM);
@@ -360,8 +335,8 @@ static inline struct fe *fe_new(bool inband)
 	mv_vm_config_init(&vc);
 	vc.name = "vhost-user";
 	assert_int_equal(mv_vm_new(f->h, &vc, &f->vm), 0);
-	f->fds0 = count_fds();
-	f->maps0 = count_maps();
+	f->fds0 = tu_open_fds();
+	f->maps0 = tu_memfd_mappings();
 	int sv[2];
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	f->sock = sv[0];
@@ -488,7 +463,7 @@ static inline int teardown(void **state)
 	for (unsigned i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
 		if (fds[i] >= 0)
 			close(fds[i]);
-	long fds_now = count_fds(), maps_now = count_maps(), fds0 = f->fds0, maps0 = f->maps0;
+	long fds_now = tu_open_fds(), maps_now = tu_memfd_mappings(), fds0 = f->fds0, maps0 = f->maps0;
 	mv_vm_free(f->vm);
 	mv_host_free(f->h);
 	free(f);
