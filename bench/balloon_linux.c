@@ -61,7 +61,7 @@ static int server_start(struct mv_host *h, bool no_release, struct lx_server *x)
 	snprintf(x->sock, sizeof(x->sock), "%s/balloon.sock", x->dir);
 	struct vu_serve_opts o = {
 		.socket = x->sock, .no_release = no_release, .log = fopen("/dev/null", "w"),
-		.features = (getenv("MV_BENCH_NO_TELL") ? 0 : 1u << MV_BALLOON_F_MUST_TELL_HOST) | 1u << MV_BALLOON_F_STATS_VQ };
+		.features = 1u << MV_BALLOON_F_MUST_TELL_HOST | 1u << MV_BALLOON_F_STATS_VQ };
 	int err = vu_serve_new(h, &o, &x->s);
 	if (!err && (x->stop = eventfd(0, EFD_CLOEXEC)) < 0)
 		err = -errno;
@@ -267,7 +267,7 @@ int bench_balloon_linux_main(int argc, char **argv)
 	}
 	struct bench_balloon_sim sim = { 0 };
 	uint64_t sim_target = target < guest * MIB * 7 / 8 - 64 * MIB ? target : guest * MIB * 7 / 8 - 64 * MIB;
-	if (!err && !getenv("MV_BENCH_NO_SIM"))
+	if (!err)
 		bench_balloon_sim(h, guest * MIB, sim_target, &sim);
 	mv_host_free(h);
 	if (err) {

@@ -162,6 +162,9 @@ void mv__bl_hint_complete(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_hint_forget(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_forget_balloon(struct mv_balloon *b, struct mv_region_map *map);
 void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map);
+/* The region of map with this serial (regions are found again by serial, never by
+ * address: a new region may have a removed one's), NULL if it left the map. */
+struct mv_region *mv__bl_region_by_serial(struct mv_region_map *map, uint64_t serial);
 uint64_t mv__bl_held_pages(struct mv_region_map *map);
 
 /* balloon_release.c: the release thread. queue: 0, or -ENOMEM / -ESRCH (no thread):

@@ -77,18 +77,18 @@ void mv__bl_mem_free(struct mv_balloon *b)
 
 /* ---- device-private state per region ---- */
 
-static bool in_map(struct mv_region_map *map, uint64_t serial)
+struct mv_region *mv__bl_region_by_serial(struct mv_region_map *map, uint64_t serial)
 {
 	for (unsigned i = 0; map && i < map->n; i++)
 		if (map->r[i]->serial == serial)
-			return true;
-	return false;
+			return map->r[i];
+	return NULL;
 }
 
 void mv__bl_regions_prune(struct mv_balloon *b, struct mv_region_map *map)
 {
 	for (unsigned i = 0; i < b->n_regs;) {
-		if (in_map(map, b->regs[i].serial)) {
+		if (mv__bl_region_by_serial(map, b->regs[i].serial)) {
 			i++;
 			continue;
 		}

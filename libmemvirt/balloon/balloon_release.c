@@ -15,14 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static struct mv_region *region_by_serial(struct mv_region_map *map, uint64_t serial)
-{
-	for (unsigned i = 0; map && i < map->n; i++)
-		if (map->r[i]->serial == serial)
-			return map->r[i];
-	return NULL;
-}
-
 /* Release taken entries; the pages released. Without the device mutex. */
 static uint64_t release(struct mv_balloon *b, const struct mv_bl_pending *e, size_t n,
                         struct mv_prange *tmp)
@@ -37,7 +29,7 @@ static uint64_t release(struct mv_balloon *b, const struct mv_bl_pending *e, siz
 			tmp[k] = e[j].range;
 			p += e[j].range.n;
 		}
-		struct mv_region *r = region_by_serial(map, e[i].serial);
+		struct mv_region *r = mv__bl_region_by_serial(map, e[i].serial);
 		int err = r && !b->cfg.no_release ? mv__region_discard(b->h, r, tmp, k) : 0;
 		if (err)
 			mv__log(b->h, MV_LOG_WARN, "vm %s balloon: releasing %llu pages failed (%s)",
