@@ -4,7 +4,8 @@
  *
  * Each round boots a fresh guest of --guest-mib (default 1024), touches all but 64 MiB of
  * its free memory (a tmpfs file written and removed, so the pages the balloon takes are
- * backed on the host), then asks for a balloon of --target-mib (default 896) and back to
+ * backed on the host; free page reporting is not offered, so that nothing frees them
+ * first), then asks for a balloon of --target-mib (default 896) and back to
  * zero, timing each phase from the target change to the guest's `actual`. Host memory
  * freed is read from the guest memory file (st_blocks). Two backends alternate, round by
  * round, on identical guests: the device as it runs, and the same device acknowledging
