@@ -163,10 +163,9 @@ static int request(struct mv_vhost_user *vu)
 		return mv__vu_set_features(vu, p->u64);
 	case VU_SET_MEM_TABLE: {
 		int err = mv__vu_mem_set(vu, &p->mem, vu->hdr.size, vu->fds, vu->nfds);
-		if (err < 0)
+		if (err)
 			return err;
-		if (!err)
-			vu->nfds = 0; /* the table keeps them */
+		vu->nfds = 0; /* the table's now, or closed */
 		mv__vu_try_start(vu);
 		return 0;
 	}

@@ -38,6 +38,7 @@ struct vu_mreg {
 	uint64_t dev, ino;            /* the file */
 	uint8_t *map;                 /* MAP_SHARED of the file from offset, size bytes */
 	int fd;
+	uint32_t slot;                /* its region's slot in the VM */
 };
 
 /* What the frontend set up for one ring; handed to the device when it is complete. */
@@ -130,8 +131,8 @@ void mv__vu_interrupt(void *opaque, int queue); /* the device's interrupt hook *
 int mv__vu_notifier_start(struct mv_vhost_user *vu);
 void mv__vu_notifier_stop(struct mv_vhost_user *vu);
 
-/* vhost_user_mem.c; caller holds vu->lock. mv__vu_mem_set: 0 (the table keeps fds), 1
- * (the same table again: nothing changes, the balloon is kept; fds not taken), -errno. */
+/* vhost_user_mem.c; caller holds vu->lock. mv__vu_mem_set: 0, and every descriptor is
+ * the table's or closed; -errno, and nothing changed (the descriptors are the caller's). */
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *m, uint32_t size,
                    const int *fds, unsigned nfds);
 void mv__vu_mem_clear(struct mv_vhost_user *vu);

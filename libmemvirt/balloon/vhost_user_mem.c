@@ -48,66 +48,57 @@ static void unmap_all(struct vu_mreg *m, unsigned n)
 void mv__vu_mem_clear(struct mv_vhost_user *vu)
 {
 	for (unsigned i = 0; i < vu->nmem; i++)
-		mv_vm_region_remove(vu->vm, i);
+		mv_vm_region_remove(vu->vm, vu->mem[i].slot);
 	unmap_all(vu->mem, vu->nmem);
 	vu->nmem = 0;
 }
 
-/* Map and register a checked table; on failure nothing of it stays. */
-static int install(struct mv_vhost_user *vu, struct vu_mreg *m, unsigned n)
+static bool same_region(const struct vu_region *r, const struct stat *st, const struct vu_mreg *m)
 {
-	for (unsigned i = 0; i < n; i++) {
-		int err = mv_vm_region_add(vu->vm, i, m[i].gpa, m[i].map, m[i].size, MV_REGION_NEVER_MERGE);
-		if (err) {
-			while (i--)
-				mv_vm_region_remove(vu->vm, i);
-			return err;
+	return r->gpa == m->gpa && r->size == m->size && r->uaddr == m->uaddr &&
+	       r->offset == m->offset && (uint64_t)st->st_dev == m->dev && (uint64_t)st->st_ino == m->ino;
+}
+
+static int add(struct mv_vhost_user *vu, const struct vu_mreg *m)
+{
+	return mv_vm_region_add(vu->vm, m->slot, m->gpa, m->map, m->size, MV_REGION_NEVER_MERGE);
+}
+
+/* The VM's regions become the new table's: `from[j]` is the old entry region j keeps
+ * (-1: m[j] is newly mapped). Kept regions stay in the VM as they are; the others leave
+ * it and the new ones join under free slots. If the VM refuses one, the old table is
+ * put back and stays in force. */
+static int switch_over(struct mv_vhost_user *vu, struct vu_mreg *m, const int *from, unsigned n)
+{
+	bool kept[VU_MAX_REGIONS] = { false };
+	uint32_t used = 0;
+	for (unsigned j = 0; j < n; j++)
+		if (from[j] >= 0) {
+			kept[from[j]] = true;
+			used |= 1u << vu->mem[from[j]].slot;
 		}
+	for (unsigned i = 0; i < vu->nmem; i++)
+		if (!kept[i])
+			mv_vm_region_remove(vu->vm, vu->mem[i].slot);
+	int err = 0;
+	unsigned j = 0;
+	for (; j < n && !err; j++) {
+		if (from[j] >= 0)
+			continue;
+		m[j].slot = (uint32_t)__builtin_ctz(~used);
+		used |= 1u << m[j].slot;
+		err = add(vu, &m[j]);
 	}
-	memcpy(vu->mem, m, n * sizeof(*m));
-	vu->nmem = n;
-	return 0;
-}
-
-/* The VM's regions become the new table's; if they cannot (the VM refuses a region),
- * the old table is put back and stays in force. The old mappings go only on success. */
-static int replace(struct mv_vhost_user *vu, struct vu_mreg *m, unsigned n)
-{
-	struct vu_mreg old[VU_MAX_REGIONS];
-	unsigned nold = vu->nmem;
-	memcpy(old, vu->mem, nold * sizeof(*old));
-	for (unsigned i = 0; i < nold; i++)
-		mv_vm_region_remove(vu->vm, i);
-	vu->nmem = 0;
-	int err = install(vu, m, n);
-	if (!err) {
-		unmap_all(old, nold);
+	if (!err)
 		return 0;
-	}
-	if (install(vu, old, nold)) {
-		mv__log(vu->vm->host, MV_LOG_ERROR, "vm %s vhost-user: the old memory table could not "
-		        "be put back: no guest memory until the next SET_MEM_TABLE", vu->vm->name);
-		unmap_all(old, nold);
-	}
+	while (j--) /* undo: the new ones out, the old ones back */
+		if (from[j] < 0)
+			mv_vm_region_remove(vu->vm, m[j].slot);
+	for (unsigned i = 0; i < vu->nmem; i++)
+		if (!kept[i] && add(vu, &vu->mem[i]))
+			mv__log(vu->vm->host, MV_LOG_ERROR, "vm %s vhost-user: region at gpa 0x%llx could not "
+			        "be put back", vu->vm->name, (unsigned long long)vu->mem[i].gpa);
 	return err;
-}
-
-/* The table in force, sent again (QEMU does on every start): replacing it would give the
- * regions new identities and forget which of their pages are in the balloon. */
-static bool same_table(const struct mv_vhost_user *vu, const struct vu_mem *t, const int *fds)
-{
-	if (t->n != vu->nmem)
-		return false;
-	for (unsigned i = 0; i < t->n; i++) {
-		const struct vu_region *r = &t->r[i];
-		const struct vu_mreg *m = &vu->mem[i];
-		struct stat st;
-		if (fstat(fds[i], &st) || r->gpa != m->gpa || r->size != m->size ||
-		    r->uaddr != m->uaddr || r->offset != m->offset || (uint64_t)st.st_dev != m->dev ||
-		    (uint64_t)st.st_ino != m->ino)
-			return false;
-	}
-	return true;
 }
 
 int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t size,
@@ -121,31 +112,60 @@ int mv__vu_mem_set(struct mv_vhost_user *vu, const struct vu_mem *t, uint32_t si
 		if (err)
 			return err;
 	}
-	if (same_table(vu, t, fds))
-		return 1;
+	/* regions the table in force has too keep their mapping, their region and with it
+	 * which of their pages are in the balloon (QEMU sends the table again on every start
+	 * and hot-plug); the others are mapped */
 	struct vu_mreg m[VU_MAX_REGIONS];
-	unsigned n = 0;
+	int from[VU_MAX_REGIONS];
+	bool taken[VU_MAX_REGIONS] = { false };
+	unsigned n = t->n, j = 0;
 	int err = 0;
-	for (; n < t->n; n++) {
-		const struct vu_region *r = &t->r[n];
-		void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
-		               fds[n], (off_t)r->offset);
-		if (p == MAP_FAILED) {
-			err = -errno;
-			break;
-		}
+	for (; j < n && !err; j++) {
+		const struct vu_region *r = &t->r[j];
 		struct stat st;
-		fstat(fds[n], &st); /* it succeeded in region_check() */
-		m[n] = (struct vu_mreg){ r->gpa, r->size, r->uaddr, r->offset, st.st_dev, st.st_ino, p, -1 };
+		fstat(fds[j], &st); /* it succeeded in region_check() */
+		m[j] = (struct vu_mreg){ .fd = -1 };
+		from[j] = -1;
+		for (unsigned i = 0; i < vu->nmem && from[j] < 0; i++)
+			if (!taken[i] && same_region(r, &st, &vu->mem[i]))
+				from[j] = (int)i;
+		if (from[j] >= 0) {
+			taken[from[j]] = true;
+			continue;
+		}
+		void *p = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE,
+		               fds[j], (off_t)r->offset);
+		if (p == MAP_FAILED)
+			err = -errno;
+		else
+			m[j] = (struct vu_mreg){ r->gpa, r->size, r->uaddr, r->offset, st.st_dev, st.st_ino,
+			                         p, -1, 0 };
 	}
 	if (!err)
-		err = replace(vu, m, n);
+		err = switch_over(vu, m, from, n);
 	if (err) {
-		unmap_all(m, n);
+		for (unsigned k = 0; k < j; k++)
+			if (from[k] < 0 && m[k].map)
+				munmap(m[k].map, m[k].size);
 		return err;
 	}
-	for (unsigned i = 0; i < n; i++) /* ours from here on: the caller closes the rest */
-		vu->mem[i].fd = fds[i];
+	/* in force: the new table's entries, descriptors taken or closed; the old rest goes */
+	struct vu_mreg old[VU_MAX_REGIONS];
+	unsigned nold = vu->nmem;
+	memcpy(old, vu->mem, nold * sizeof(*old));
+	for (j = 0; j < n; j++) {
+		if (from[j] >= 0) {
+			vu->mem[j] = old[from[j]];
+			close(fds[j]);
+		} else {
+			vu->mem[j] = m[j];
+			vu->mem[j].fd = fds[j];
+		}
+	}
+	vu->nmem = n;
+	for (unsigned i = 0; i < nold; i++)
+		if (!taken[i])
+			unmap_all(&old[i], 1);
 	return 0;
 }
 

@@ -166,6 +166,41 @@ static void two_regions_unsealed(void **state)
 	still_works(f);
 }
 
+/* Memory hot-plug as QEMU sends it: a new table with the old region and one more, then
+ * without it. The region both tables have keeps its balloon; the new one comes and goes
+ * and its descriptors with it. */
+static void hotplug_keeps_the_balloon(void **state)
+{
+	struct fe *f = *state;
+	uint32_t pfn = victim(f);
+	push_pfns(f, 0, &pfn, 1);
+	kick(f, 0);
+	assert_int_equal(used(f, 0), 1);
+	long fds = tu_open_fds(), maps = tu_memfd_mappings();
+	int fd2 = memfd_create("hotplug", MFD_CLOEXEC);
+	assert_true(fd2 >= 0);
+	assert_int_equal(ftruncate(fd2, 1 << 20), 0);
+	struct vmem two = { 2, 0, { { 0, MEM, UA, 0 }, { 8 << 20, 1 << 20, UA + (8 << 20), 0 } } };
+	int fds2[2] = { f->memfd, fd2 };
+	assert_int_equal(set_table(f, &two, fds2, 2), 0);
+	close(fd2);
+	assert_int_equal(tu_memfd_mappings(), maps + 1); /* the old region is not mapped again */
+	struct vmem one = table1();
+	assert_int_equal(set_table(f, &one, &f->memfd, 1), 0);
+	assert_int_equal(tu_open_fds(), fds);
+	assert_int_equal(tu_memfd_mappings(), maps);
+	struct mv_balloon_info bi;
+	assert_int_equal(mv_balloon_info(mv_vhost_user_balloon(f->vu), &bi), 0);
+	assert_int_equal(bi.held_bytes, TPAGE);
+	push_pfns(f, 1, &pfn, 1);
+	kick(f, 1);
+	assert_int_equal(used(f, 1), 1);
+	assert_int_equal(mv_balloon_info(mv_vhost_user_balloon(f->vu), &bi), 0);
+	assert_int_equal(bi.held_bytes, 0);
+	assert_int_equal(bi.guest_errors, 0);
+	still_works(f);
+}
+
 /* RESET_DEVICE: the rings and their descriptors go, the memory table stays; the
  * frontend negotiates again and the device runs again. */
 static void reset_and_again(void **state)
@@ -319,6 +354,7 @@ int main(void)
 	static const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(inflate_releases, setup, teardown),
 		cmocka_unit_test_setup_teardown(same_table_keeps_the_balloon, setup, teardown),
+		cmocka_unit_test_setup_teardown(hotplug_keeps_the_balloon, setup, teardown),
 		cmocka_unit_test_setup_teardown(config_and_target, setup, teardown),
 		cmocka_unit_test_setup_teardown(vring_base_resumes, setup, teardown),
 		cmocka_unit_test_setup_teardown(inband_notifications, setup_inband, teardown),
