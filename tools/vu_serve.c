@@ -80,6 +80,19 @@ static int listen_unix(const char *path)
 	return fd;
 }
 
+/* The control socket is its owner's alone, whoever else may use the directory. */
+static int listen_control(const char *path)
+{
+	int fd = listen_unix(path);
+	if (fd >= 0 && chmod(path, 0600)) {
+		int err = -errno;
+		close(fd);
+		unlink(path);
+		return err;
+	}
+	return fd;
+}
+
 /* ---- connections ---- */
 
 static struct conn *find(struct vu_serve *s, unsigned id)
@@ -437,7 +450,7 @@ int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_ser
 		free(s);
 		return err;
 	}
-	if (o->control && (s->cfd = listen_unix(o->control)) < 0) {
+	if (o->control && (s->cfd = listen_control(o->control)) < 0) {
 		int err = s->cfd;
 		close(s->lfd);
 		unlink(o->socket);

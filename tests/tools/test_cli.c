@@ -173,6 +173,8 @@ static void balloon_backend_and_ctl(void **state)
 		usleep(10000);
 	assert_int_equal(run_out(none, out, sizeof(out)), 0);
 	assert_non_null(strstr(out, "\"connections\":[]"));
+	assert_int_equal(stat(ctl, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600); /* the owner's alone */
 	const char *tgt[] = { "balloon-ctl", ctl, "target", "512M", NULL };
 	assert_int_equal(run_out(tgt, out, sizeof(out)), 0);
 	assert_non_null(strstr(out, "\"ok\":true"));
