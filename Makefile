@@ -198,7 +198,7 @@ $(B)/tests/install/test_install: all
 # The reference VMM links the installed library the documented way: installed into
 # $(B)/stage, then built by vmm/Makefile with pkg-config only.
 VMM := $(B)/memvirt-vmm
-$(VMM): vmm/vmm.c vmm/Makefile $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt $(wildcard include/memvirt/*.h)
+$(VMM): $(wildcard vmm/*.c vmm/*.h) vmm/Makefile $(B)/libmemvirt.so $(B)/libmemvirt.a $(B)/memvirt $(wildcard include/memvirt/*.h)
 	@echo "  INST  $(B)/stage"
 	$(Q)$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/$(B)/stage >/dev/null
 	@echo "  LD    $@ (pkg-config memvirt from $(B)/stage)"

@@ -1,5 +1,7 @@
 /* sim.c - the hosted port: a simulated guest (RAM, allocator, driver thread) around
  * libmemvirt's virtio-balloon device, talking to it only through MMIO and the rings.
+ * Here: the device's wiring, interrupts, the I/O and driver threads, lifetime; guest
+ * RAM, allocator and stats are in simmem.c.
  *
  * The device is in-process (mv_balloon and its virtio-mmio helper), or a vhost-user
  * backend behind the bridge of vubridge.c: then RAM is a memfd the backend maps too.
@@ -11,71 +13,18 @@
  * work in parallel. Workload threads use the allocator directly; when it is empty,
  * mvg_sim_alloc_page runs the driver's deflate-on-OOM under drv_lock.
  */
-#include "sim.h"
-#include "galloc.h"
-#include "vubridge.h"
+#include "sim_int.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MIB            (1ull << 20)
-#define RUN            (2 * MIB)
-#define GIB            (1ull << 30)
-#define HIGH_RAM_GPA   (4 * GIB)
 #define MAX_SLEEP_NS   (100 * 1000000ull)
-#define OOM_BYTES      MIB /* given back per OOM event, as Linux */
 #define QUEUE_NOTIFY   0x50
 #define VMMIO_CONFIG_NUM_PAGES 0x100 /* the balloon's num_pages and actual, in the window */
 #define VMMIO_CONFIG_ACTUAL    0x104
-
-struct ram {
-	uint8_t *hva;
-	uint64_t gpa, bytes;
-	uint64_t offset;               /* in the memfd (vhost-user) */
-};
-
-struct mvg_sim {
-	struct mvg_sim_config cfg;
-	struct mv_vm *vm;
-	struct mv_balloon *b;
-	struct mv_balloon_ops ops;
-	struct ram ram[2];
-	unsigned nram;
-	struct mvg__galloc *ga;
-	int memfd;                     /* guest RAM's file over vhost-user, else -1 */
-	struct mvg__vub *vub;          /* the bridge over vhost-user, else NULL */
-
-	struct mvg_balloon *drv;       /* mvg_balloon_size() bytes */
-	struct mvg_platform plat;
-	bool drv_ok;                   /* mvg_balloon_init succeeded */
-	pthread_mutex_t drv_lock;      /* serialises every mvg_balloon_* call */
-	pthread_t drv_thread;
-	bool drv_running;              /* under ctl_lock */
-	atomic_bool drv_stop;
-	pthread_mutex_t ctl_lock;      /* start / stop of the driver thread */
-
-	pthread_mutex_t irq_lock;      /* guards irq_pending */
-	pthread_cond_t irq_cond;
-	bool irq_pending;              /* interrupt since the driver last waited */
-
-	pthread_t io_thread;
-	bool io_running;
-	pthread_mutex_t io_lock;       /* guards io_pending, io_stop */
-	pthread_cond_t io_cond;
-	uint32_t io_pending;           /* bit per queue with a notify not handled yet */
-	bool io_stop;
-
-	pthread_mutex_t stats_lock;    /* guards user_stats */
-	struct mvg_guest_stats user_stats;
-	atomic_uint_fast64_t oom_kills;
-};
 
 static uint64_t mono_ns(void)
 {
@@ -98,7 +47,7 @@ void mvg_sim_config_init(struct mvg_sim_config *cfg)
 
 /* ---- interrupts and the I/O thread ---- */
 
-static void raise_irq(struct mvg_sim *s)
+void mvg__sim_raise_irq(struct mvg_sim *s)
 {
 	pthread_mutex_lock(&s->irq_lock);
 	s->irq_pending = true;
@@ -108,12 +57,12 @@ static void raise_irq(struct mvg_sim *s)
 
 static void dev_interrupt(void *opaque, int queue)
 {
-	raise_irq(opaque);
+	mvg__sim_raise_irq(opaque);
 }
 
 static void raise_irq_opaque(void *opaque)
 {
-	raise_irq(opaque);
+	mvg__sim_raise_irq(opaque);
 }
 
 static uint64_t dev_now(void *opaque)
@@ -151,64 +100,7 @@ static void post_notify(struct mvg_sim *s, uint32_t q)
 	pthread_mutex_unlock(&s->io_lock);
 }
 
-/* ---- the driver's platform ---- */
-
-static int p_alloc_page(void *ctx, uint64_t *gpa)
-{
-	return mvg__galloc_alloc_page(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
-}
-
-static void p_free_page(void *ctx, uint64_t gpa)
-{
-	mvg__galloc_free_page(((struct mvg_sim *)ctx)->ga, gpa);
-}
-
-static int p_alloc_run(void *ctx, uint64_t *gpa)
-{
-	return mvg__galloc_alloc_run(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
-}
-
-static void p_free_run(void *ctx, uint64_t gpa)
-{
-	mvg__galloc_free_run(((struct mvg_sim *)ctx)->ga, gpa);
-}
-
-static void *p_map(void *ctx, uint64_t gpa)
-{
-	return mvg_sim_hva(ctx, gpa);
-}
-
-static uint64_t p_free_bytes(void *ctx)
-{
-	return mvg__galloc_free_bytes(((struct mvg_sim *)ctx)->ga);
-}
-
-static void p_get_stats(void *ctx, struct mvg_guest_stats *out)
-{
-	struct mvg_sim *s = ctx;
-	pthread_mutex_lock(&s->stats_lock);
-	*out = s->user_stats;
-	pthread_mutex_unlock(&s->stats_lock);
-	if (out->free_bytes == UINT64_MAX)
-		out->free_bytes = mvg__galloc_free_bytes(s->ga);
-	if (out->total_bytes == UINT64_MAX)
-		out->total_bytes = mvg__galloc_total_bytes(s->ga);
-	if (out->avail_bytes == UINT64_MAX)
-		out->avail_bytes = out->free_bytes +
-		                   (out->cache_bytes == UINT64_MAX ? 0 : out->cache_bytes);
-	if (out->oom_kills == UINT64_MAX)
-		out->oom_kills = atomic_load(&s->oom_kills);
-}
-
-static int p_isolate(void *ctx, uint64_t *gpa)
-{
-	return mvg__galloc_isolate_unreported(((struct mvg_sim *)ctx)->ga, gpa) ? -1 : 0;
-}
-
-static void p_putback(void *ctx, uint64_t gpa)
-{
-	mvg__galloc_putback_reported(((struct mvg_sim *)ctx)->ga, gpa);
-}
+/* ---- the driver's platform: the device and time ---- */
 
 static uint32_t p_mmio_read(void *ctx, uint32_t off)
 {
@@ -259,13 +151,10 @@ static void fill_platform(struct mvg_sim *s)
 {
 	s->plat = (struct mvg_platform){
 		.ctx = s,
-		.alloc_page = p_alloc_page, .free_page = p_free_page,
-		.alloc_run = p_alloc_run, .free_run = p_free_run,
-		.map = p_map, .free_bytes = p_free_bytes, .get_stats = p_get_stats,
-		.isolate_unreported = p_isolate, .putback_reported = p_putback,
 		.mmio_read = p_mmio_read, .mmio_write = p_mmio_write,
 		.wait = p_wait, .now_ns = p_now,
 	};
+	mvg__sim_platform_mem(s); /* pages, map, free bytes, stats, reporting */
 }
 
 /* ---- the driver thread ---- */
@@ -301,7 +190,7 @@ void mvg_sim_stop_driver(struct mvg_sim *s)
 	pthread_mutex_lock(&s->ctl_lock);
 	if (s->drv_running) {
 		atomic_store(&s->drv_stop, true);
-		raise_irq(s);
+		mvg__sim_raise_irq(s);
 		pthread_join(s->drv_thread, NULL);
 		s->drv_running = false;
 		atomic_store(&s->drv_stop, false);
@@ -315,102 +204,6 @@ uint64_t mvg_sim_step(struct mvg_sim *s)
 	uint64_t ns = s->drv_ok ? mvg_balloon_step(s->drv) : UINT64_MAX;
 	pthread_mutex_unlock(&s->drv_lock);
 	return ns;
-}
-
-/* ---- guest RAM ---- */
-
-/* 2 MiB aligned: anonymous memory, or the memfd's stretch of r shared (fd >= 0). */
-static int map_ram(struct ram *r, bool thp, int fd)
-{
-	size_t len = r->bytes;
-	uint8_t *raw = mmap(NULL, len + RUN, PROT_READ | PROT_WRITE,
-	                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (raw == MAP_FAILED)
-		return -errno;
-	uint8_t *mem = (uint8_t *)(((uintptr_t)raw + RUN - 1) & ~(uintptr_t)(RUN - 1));
-	if (mem > raw)
-		munmap(raw, (size_t)(mem - raw));
-	munmap(mem + len, (size_t)(raw + RUN - mem));
-	if (fd >= 0 && mmap(mem, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE,
-	                    fd, (off_t)r->offset) == MAP_FAILED) {
-		int err = -errno;
-		munmap(mem, len);
-		return err;
-	}
-	madvise(mem, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE); /* advice: failure is harmless */
-	r->hva = mem;
-	return 0;
-}
-
-/* x86-like: [0, split_at) below the hole, the rest from 4 GiB. */
-static int layout(struct mvg_sim *s)
-{
-	const struct mvg_sim_config *c = &s->cfg;
-	if (!c->ram_bytes || c->ram_bytes % RUN || c->split_at % RUN || c->split_at > HIGH_RAM_GPA)
-		return -EINVAL;
-	s->ram[0] = (struct ram){ .gpa = 0, .bytes = c->ram_bytes };
-	s->nram = 1;
-	if (c->split_at && c->ram_bytes > c->split_at) {
-		s->ram[0].bytes = c->split_at;
-		s->ram[1] = (struct ram){ .gpa = HIGH_RAM_GPA, .bytes = c->ram_bytes - c->split_at,
-		                          .offset = c->split_at };
-		s->nram = 2;
-	}
-	return 0;
-}
-
-/* Over vhost-user: one file for all of RAM, of a size fixed for good (the backend maps
- * it: a file that shrank under its mapping would fault there). */
-static int make_memfd(struct mvg_sim *s)
-{
-	s->memfd = memfd_create("mvg-guest-ram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (s->memfd < 0)
-		return -errno;
-	if (ftruncate(s->memfd, (off_t)s->cfg.ram_bytes) ||
-	    fcntl(s->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW))
-		return -errno;
-	return 0;
-}
-
-static int register_ram(struct mvg_sim *s, struct mv_host *host)
-{
-	struct mv_vm_config vc;
-	mv_vm_config_init(&vc);
-	vc.name = s->cfg.name;
-	vc.domain = s->cfg.domain;
-	int err = mv_vm_new(host, &vc, &s->vm);
-	for (unsigned k = 0; k < s->nram && !err; k++)
-		err = mv_vm_region_add(s->vm, k, s->ram[k].gpa, s->ram[k].hva, s->ram[k].bytes, 0);
-	return err;
-}
-
-static int setup_ram(struct mvg_sim *s, struct mv_host *host)
-{
-	bool vu = s->cfg.vhost_user_socket;
-	int err = layout(s);
-	if (!err && vu)
-		err = make_memfd(s);
-	for (unsigned k = 0; k < s->nram && !err; k++)
-		err = map_ram(&s->ram[k], s->cfg.thp, s->memfd);
-	if (!err && !vu)
-		err = register_ram(s, host);
-	struct mvg__galloc_region gr[2];
-	for (unsigned k = 0; k < s->nram; k++)
-		gr[k] = (struct mvg__galloc_region){ s->ram[k].gpa, s->ram[k].bytes };
-	if (!err)
-		err = mvg__galloc_new(gr, s->nram, &s->ga);
-	return err;
-}
-
-static void free_ram(struct mvg_sim *s)
-{
-	mvg__galloc_free(s->ga);
-	mv_vm_free(s->vm);
-	for (unsigned k = 0; k < s->nram; k++)
-		if (s->ram[k].hva)
-			munmap(s->ram[k].hva, s->ram[k].bytes);
-	if (s->memfd >= 0)
-		close(s->memfd);
 }
 
 /* ---- lifetime ---- */
@@ -521,7 +314,7 @@ int mvg_sim_new(struct mv_host *host, const struct mvg_sim_config *cfg, struct m
 	s->cfg = *cfg;
 	s->memfd = -1;
 	init_sync(s);
-	int err = setup_ram(s, host);
+	int err = mvg__sim_setup_ram(s, host);
 	if (err)
 		goto fail_ram;
 	err = setup_device(s);
@@ -545,7 +338,7 @@ fail_device:
 	mvg__vub_free(s->vub);
 	mv_balloon_free(s->b);
 fail_ram:
-	free_ram(s);
+	mvg__sim_free_ram(s);
 	fini_sync(s);
 	free(s);
 	return err;
@@ -565,7 +358,7 @@ void mvg_sim_free(struct mvg_sim *s)
 	mvg__vub_free(s->vub); /* after the driver's reset went through it */
 	mv_balloon_free(s->b);
 	free(s->drv);
-	free_ram(s);
+	mvg__sim_free_ram(s);
 	fini_sync(s);
 	free(s);
 }
@@ -603,68 +396,7 @@ void mvg_sim_transport_info(struct mvg_sim *s, struct mvg_sim_transport_info *ou
 	                                        vi.config_irqs, vi.protocol_features };
 }
 
-void *mvg_sim_hva(struct mvg_sim *s, uint64_t gpa)
-{
-	for (unsigned k = 0; k < s->nram; k++)
-		if (gpa >= s->ram[k].gpa && gpa - s->ram[k].gpa < s->ram[k].bytes)
-			return s->ram[k].hva + (gpa - s->ram[k].gpa);
-	return NULL;
-}
-
-unsigned mvg_sim_ram(struct mvg_sim *s, void **hva, uint64_t *gpa, uint64_t *bytes, unsigned max)
-{
-	unsigned k = 0;
-	for (; k < s->nram && k < max; k++) {
-		hva[k] = s->ram[k].hva;
-		gpa[k] = s->ram[k].gpa;
-		bytes[k] = s->ram[k].bytes;
-	}
-	return k;
-}
-
-/* ---- the guest's allocator ---- */
-
-int mvg_sim_alloc_page(struct mvg_sim *s, uint64_t *gpa)
-{
-	if (!mvg__galloc_alloc_page(s->ga, gpa))
-		return 0;
-	pthread_mutex_lock(&s->drv_lock);
-	if (s->drv_ok)
-		mvg_balloon_oom(s->drv, OOM_BYTES);
-	pthread_mutex_unlock(&s->drv_lock);
-	raise_irq(s); /* the OOM path may have taken an interrupt meant for the driver thread */
-	if (!mvg__galloc_alloc_page(s->ga, gpa))
-		return 0;
-	atomic_fetch_add(&s->oom_kills, 1);
-	return -ENOMEM;
-}
-
-void mvg_sim_free_page(struct mvg_sim *s, uint64_t gpa)
-{
-	mvg__galloc_free_page(s->ga, gpa);
-}
-
-int mvg_sim_alloc_run(struct mvg_sim *s, uint64_t *gpa)
-{
-	return mvg__galloc_alloc_run(s->ga, gpa);
-}
-
-void mvg_sim_free_run(struct mvg_sim *s, uint64_t gpa)
-{
-	mvg__galloc_free_run(s->ga, gpa);
-}
-
-uint64_t mvg_sim_free_bytes(struct mvg_sim *s)
-{
-	return mvg__galloc_free_bytes(s->ga);
-}
-
-void mvg_sim_set_stats(struct mvg_sim *s, const struct mvg_guest_stats *st)
-{
-	pthread_mutex_lock(&s->stats_lock);
-	s->user_stats = *st;
-	pthread_mutex_unlock(&s->stats_lock);
-}
+/* ---- the driver's progress ---- */
 
 void mvg_sim_driver_status(struct mvg_sim *s, struct mvg_status *out)
 {
