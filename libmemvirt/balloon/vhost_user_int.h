@@ -88,6 +88,7 @@ struct mv_vhost_user {
 	bool notifier_running;
 	_Atomic bool notifier_quit;
 	int notify_efd;               /* ours: wakes the thread */
+	int notifier_fd;              /* the call descriptor it is writing (a dup), under fd_lock */
 	_Atomic uint32_t pending_calls; /* bit per queue */
 };
 

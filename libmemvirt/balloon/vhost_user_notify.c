@@ -115,13 +115,9 @@ void mv__vu_interrupt(void *opaque, int queue)
 
 /* ---- the call thread ---- */
 
-static void close_dup(void *arg)
-{
-	mv__vu_close(arg);
-}
-
 /* One call, from the thread: a duplicate of the descriptor, so that no lock is held
- * while a write may wait. In-band calls take the backend channel as above. */
+ * while a write may wait (the duplicate is vu->notifier_fd, closed by whoever ends the
+ * thread if it is cancelled in that write). In-band calls take the backend channel. */
 static void call_one(struct mv_vhost_user *vu, unsigned q)
 {
 	pthread_mutex_lock(&vu->fd_lock);
@@ -131,18 +127,15 @@ static void call_one(struct mv_vhost_user *vu, unsigned q)
 		if (!backend_send(vu, VU_BACKEND_VRING_CALL, &st, sizeof(st)))
 			vu->calls++;
 	}
+	vu->notifier_fd = fd;
 	pthread_mutex_unlock(&vu->fd_lock);
 	if (fd < 0)
 		return;
-	bool ok;
-	pthread_cleanup_push(close_dup, &fd); /* a block: ok is declared outside */
-	ok = call_fd_write(fd);
-	pthread_cleanup_pop(1);
-	if (ok) {
-		pthread_mutex_lock(&vu->fd_lock);
-		vu->calls++;
-		pthread_mutex_unlock(&vu->fd_lock);
-	}
+	bool ok = call_fd_write(fd);
+	pthread_mutex_lock(&vu->fd_lock);
+	mv__vu_close(&vu->notifier_fd);
+	vu->calls += ok;
+	pthread_mutex_unlock(&vu->fd_lock);
 }
 
 static void *notifier(void *arg)
@@ -164,6 +157,7 @@ static void *notifier(void *arg)
 
 int mv__vu_notifier_start(struct mv_vhost_user *vu)
 {
+	vu->notifier_fd = -1;
 	vu->notify_efd = eventfd(0, EFD_CLOEXEC);
 	if (vu->notify_efd < 0)
 		return -errno;
@@ -190,5 +184,6 @@ void mv__vu_notifier_stop(struct mv_vhost_user *vu)
 	pthread_cancel(vu->notifier);
 	pthread_join(vu->notifier, NULL);
 	vu->notifier_running = false;
+	mv__vu_close(&vu->notifier_fd); /* if it was cancelled in a write */
 	mv__vu_close(&vu->notify_efd);
 }
