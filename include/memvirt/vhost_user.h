@@ -65,8 +65,8 @@ struct mv_vhost_user_config {
 	                                    connection. A frontend shares each call descriptor's
 	                                    file description: it can clear O_NONBLOCK and fill
 	                                    its eventfd, and a write to it then waits. With this,
-	                                    only that thread waits (cancelled at
-	                                    mv_vhost_user_free()); without it, the thread that
+	                                    only that thread waits (let go or
+	                                    cancelled by mv_vhost_user_free()); without it, the thread that
 	                                    finished the request, holding the device mutex. Serve
 	                                    frontends you do not trust with it. Default false. */
 };

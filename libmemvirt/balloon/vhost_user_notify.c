@@ -18,6 +18,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 int mv__vu_set_nonblock(int fd)
@@ -170,8 +171,24 @@ int mv__vu_notifier_start(struct mv_vhost_user *vu)
 	return 0;
 }
 
-/* The thread may wait in a write the frontend blocks: it is cancelled (write() is a
- * cancellation point) after being asked to end. */
+/* Wait up to ms for the thread to end: 0, or -ETIMEDOUT. */
+static int join_within(struct mv_vhost_user *vu, long ms)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	t.tv_sec += ms / 1000;
+	t.tv_nsec += (ms % 1000) * 1000000;
+	if (t.tv_nsec >= 1000000000) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000;
+	}
+	return -pthread_timedjoin_np(vu->notifier, NULL, &t);
+}
+
+/* The thread may wait in a write the frontend blocks. Asked to end, it is given time;
+ * a write that waits on a full eventfd is let go by reading the counter (the frontend's
+ * notifications no longer matter); only a thread still stuck (a full pipe) is
+ * cancelled, write() being a cancellation point. */
 void mv__vu_notifier_stop(struct mv_vhost_user *vu)
 {
 	if (!vu->notifier_running)
@@ -181,8 +198,19 @@ void mv__vu_notifier_stop(struct mv_vhost_user *vu)
 	if (write(vu->notify_efd, &one, sizeof(one)) < 0) {
 		/* at its limit: the thread is awake anyway */
 	}
-	pthread_cancel(vu->notifier);
-	pthread_join(vu->notifier, NULL);
+	if (join_within(vu, 200)) {
+		pthread_mutex_lock(&vu->fd_lock);
+		uint64_t v;
+		struct iovec iov = { &v, sizeof(v) };
+		if (vu->notifier_fd >= 0 && preadv2(vu->notifier_fd, &iov, 1, -1, RWF_NOWAIT) < 0) {
+			/* not an eventfd with a count: cancelled below */
+		}
+		pthread_mutex_unlock(&vu->fd_lock);
+		if (join_within(vu, 1000)) {
+			pthread_cancel(vu->notifier);
+			pthread_join(vu->notifier, NULL);
+		}
+	}
 	vu->notifier_running = false;
 	mv__vu_close(&vu->notifier_fd); /* if it was cancelled in a write */
 	mv__vu_close(&vu->notify_efd);
