@@ -142,6 +142,11 @@ $(UML_ROOT)/.built: guests/uml/mkroot.sh guests/uml/init $(UML_TOOL)
 $(UML_OBJ): LIBFLAGS += $(UML_DEFS)
 
 $(B)/obj/ksm-scanner/hash_avx2.o: LIBFLAGS += $(AVX2FLAGS)
+# Hashing reads guest pages that guests write at any time, by design (the scanner's
+# compare decides, ordered by userfaultfd, which TSan cannot see): not instrumented.
+ifeq ($(SAN),tsan)
+$(B)/obj/ksm-scanner/hash.o $(B)/obj/ksm-scanner/hash_avx2.o: CFLAGS := $(filter-out -fsanitize=thread,$(CFLAGS))
+endif
 
 $(B)/guest/obj/%.o: %.c
 	@mkdir -p $(dir $@)
