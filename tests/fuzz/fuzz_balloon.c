@@ -42,6 +42,7 @@
  * includes this file (with MV_FUZZ_NO_MAIN) to replay the corpus and every regression in
  * `make test`. tests/fuzz/gen_corpus.py writes the seed corpus in this format.
  */
+#include "fuzz_input.h"
 #include <memvirt/memvirt.h>
 #include <memvirt/balloon.h>
 #include <stdbool.h>
@@ -75,11 +76,6 @@
 enum { OP_MMIO_WRITE, OP_MMIO_READ, OP_MEM_WRITE, OP_ADMIN, OP_SETUP, OP_PUSH, OP_NOTIFY,
        OP_PFNS, OP_STATS, OP_HINT, OP_REPORT, OP_CLOCK, OP_TRANSPORT, OP_ACTUAL, OP_NR };
 
-struct fz_in {
-	const uint8_t *p;
-	size_t n;
-};
-
 struct fz_vq {
 	uint16_t num, next, avail;
 };
@@ -104,24 +100,6 @@ enum { FZ_NAMED = 1, FZ_DIRTY = 2 };
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* ---- input ---- */
-
-static uint64_t fz_get(struct fz_in *in, unsigned bytes)
-{
-	uint64_t v = 0;
-	for (unsigned i = 0; i < bytes; i++, in->p++, in->n--) {
-		if (!in->n)
-			return v;
-		v |= (uint64_t)*in->p << (8 * i);
-	}
-	return v;
-}
-
-#define U8(in)  ((uint8_t)fz_get(in, 1))
-#define U16(in) ((uint16_t)fz_get(in, 2))
-#define U32(in) ((uint32_t)fz_get(in, 4))
-#define U64(in) fz_get(in, 8)
 
 /* ---- guest memory ---- */
 

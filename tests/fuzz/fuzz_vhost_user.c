@@ -47,6 +47,7 @@
  * includes this file (MV_FUZZ_NO_MAIN) to replay the seeds (tests/fuzz/corpus-vhost-user,
  * written by gen_corpus_vhost_user.py) and every regression in `make test`.
  */
+#include "fuzz_input.h"
 #include <memvirt/memvirt.h>
 #include <memvirt/balloon.h>
 #include <memvirt/vhost_user.h>
@@ -85,11 +86,6 @@ enum { OP_MSG, OP_SPLIT, OP_DISPATCH, OP_KICK, OP_MEMW, OP_PUSH, OP_ADMIN, OP_DR
        OP_DROP, OP_NR };
 enum { RES_MEMFD, RES_EVENTFD, RES_PIPE, RES_SOCK, RES_NULL };
 
-struct fv_in {
-	const uint8_t *p;
-	size_t n;
-};
-
 /* A descriptor the input made: `sent` went to the backend, `ours` is the frontend's
  * end (the same for a memfd or an eventfd). -1 when closed. */
 struct fv_res {
@@ -117,23 +113,6 @@ static volatile sig_atomic_t fv_alarmed;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* ---- input ---- */
-
-static uint64_t fv_get(struct fv_in *in, unsigned bytes)
-{
-	uint64_t v = 0;
-	for (unsigned i = 0; i < bytes; i++, in->p++, in->n--) {
-		if (!in->n)
-			return v;
-		v |= (uint64_t)*in->p << (8 * i);
-	}
-	return v;
-}
-
-#define U8(in)  ((uint8_t)fv_get(in, 1))
-#define U16(in) ((uint16_t)fv_get(in, 2))
-#define U32(in) ((uint32_t)fv_get(in, 4))
 
 /* ---- the process: descriptors and memfd mappings ---- */
 
@@ -246,7 +225,7 @@ static int fv_memfd(unsigned pages, bool sealed)
 }
 
 /* A descriptor to attach, as the input says; -1 for none. */
-static int fv_attach(struct fv_in *in)
+static int fv_attach(struct fz_in *in)
 {
 	uint8_t kind = U8(in);
 	int p[2] = { -1, -1 };
@@ -321,7 +300,7 @@ static void fv_send(const uint8_t *buf, size_t len, const int *fds, unsigned nfd
 }
 
 /* Build a message from the input; *dispatch says whether one dispatch should follow. */
-static size_t fv_message(struct fv_in *in, uint8_t *buf, int *fds, unsigned *nfds, bool *dispatch)
+static size_t fv_message(struct fz_in *in, uint8_t *buf, int *fds, unsigned *nfds, bool *dispatch)
 {
 	uint32_t req = U8(in);
 	req = req >= 0xf0 ? U32(in) : req % 40;
@@ -348,7 +327,7 @@ static size_t fv_message(struct fv_in *in, uint8_t *buf, int *fds, unsigned *nfd
 	return 12 + len;
 }
 
-static void op_msg(struct fv_in *in, bool split)
+static void op_msg(struct fz_in *in, bool split)
 {
 	uint8_t buf[12 + 600];
 	int fds[16];
@@ -369,13 +348,13 @@ static void op_msg(struct fv_in *in, bool split)
 	fv_dispatch();
 }
 
-static struct fv_res *fv_pick(struct fv_in *in)
+static struct fv_res *fv_pick(struct fz_in *in)
 {
 	uint8_t i = U8(in);
 	return V.nres ? &V.res[i % V.nres] : NULL;
 }
 
-static void op_kick(struct fv_in *in)
+static void op_kick(struct fz_in *in)
 {
 	struct fv_res *r = fv_pick(in);
 	uint64_t one = 1;
@@ -398,7 +377,7 @@ static void fv_pwrite(struct fv_res *r, uint64_t off, const void *p, size_t n)
 	}
 }
 
-static void op_memw(struct fv_in *in)
+static void op_memw(struct fz_in *in)
 {
 	struct fv_res *r = fv_pick(in);
 	uint64_t off = U32(in) % (FV_MAX_PAGES * FV_PG);
@@ -410,7 +389,7 @@ static void op_memw(struct fv_in *in)
 }
 
 /* A request of PFNs on ring q, written the way a driver would (no kick). */
-static void op_push(struct fv_in *in)
+static void op_push(struct fz_in *in)
 {
 	struct fv_res *r = fv_pick(in);
 	unsigned q = U8(in) % 5, num = 1u << (U8(in) & 7), n = U8(in) % 128;
@@ -432,7 +411,7 @@ static void op_push(struct fv_in *in)
 	fv_pwrite(r, ring + 0x400 + 2, &V.avail[q], 2);
 }
 
-static void op_admin(struct fv_in *in)
+static void op_admin(struct fz_in *in)
 {
 	struct mv_balloon *b = mv_vhost_user_balloon(V.vu);
 	unsigned what = U8(in) % 6;
@@ -468,7 +447,7 @@ static void op_drain(void)
 	}
 }
 
-static void op_close(struct fv_in *in)
+static void op_close(struct fz_in *in)
 {
 	uint8_t how = U8(in);
 	if (V.sock < 0)
@@ -481,7 +460,7 @@ static void op_close(struct fv_in *in)
 	}
 }
 
-static void fv_op(struct fv_in *in)
+static void fv_op(struct fz_in *in)
 {
 	switch (U8(in) % OP_NR) {
 	case OP_MSG: op_msg(in, false); break;
@@ -559,7 +538,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (fv_init())
 		FV_FAIL("no memvirt host");
-	struct fv_in in = { data, size };
+	struct fz_in in = { data, size };
 	uint8_t conf = U8(&in);
 	V.fds0 = fv_count_fds();
 	V.maps0 = fv_count_maps();
