@@ -25,6 +25,7 @@ static const struct key host_keys[] = {
 	K("goal", K_GOAL, goal, 0, 0),
 	K("floor_mib", K_MIB, floor_bytes, 0, 1 << 30),
 	K("ratio", K_DBL, ratio, 0.1, 100),
+	K("budget_mib", K_MIB, budget_bytes, 1, 1 << 30),
 	K("tau", K_DBL, tau, 0, 0.99),
 	K("cache_idle", K_DBL, cache_idle, 0, 1),
 	K("psi_some_high", K_DBL, some_high, 0, 100),
@@ -62,6 +63,7 @@ void mv__pcfg_defaults(struct mv__pcfg *c)
 	c->goal = MV__GOAL_FLOOR;
 	c->floor_bytes = 1024 * MV_MIB;
 	c->ratio = 1.0;
+	c->budget_bytes = 1024 * MV_MIB;
 	c->tau = 0.75;
 	c->cache_idle = 0.5;
 	c->some_high = 10, c->some_low = 2, c->full_high = 2, c->full_low = 0.5;
@@ -205,10 +207,15 @@ static bool set_value(void *base, const struct key *k, const char *v, char *want
 		snprintf(want, wl, "a number in [%g, %g]", k->lo, k->hi);
 		return parse_dbl(v, k->lo, k->hi, f);
 	case K_GOAL:
-		snprintf(want, wl, "floor or ratio");
-		if (strcmp(v, "floor") && strcmp(v, "ratio"))
+		snprintf(want, wl, "floor, ratio or budget");
+		if (!strcmp(v, "floor"))
+			*(enum mv__goal *)f = MV__GOAL_FLOOR;
+		else if (!strcmp(v, "ratio"))
+			*(enum mv__goal *)f = MV__GOAL_RATIO;
+		else if (!strcmp(v, "budget"))
+			*(enum mv__goal *)f = MV__GOAL_BUDGET;
+		else
 			return false;
-		*(enum mv__goal *)f = !strcmp(v, "floor") ? MV__GOAL_FLOOR : MV__GOAL_RATIO;
 		return true;
 	case K_BOOL:
 		snprintf(want, wl, "true or false");

@@ -89,11 +89,13 @@ static json_object *host_inputs(const struct mv_policy_host_inputs *hi, const st
 static json_object *goal(const struct mv__pcfg *c, const struct mv__host_eval *h)
 {
 	json_object *o = json_object_new_object();
-	add_s(o, "kind", c->goal == MV__GOAL_FLOOR ? "floor" : "ratio");
+	static const char *const kinds[] = { "floor", "ratio", "budget" };
+	add_s(o, "kind", kinds[c->goal]);
 	if (c->goal == MV__GOAL_FLOOR) {
 		add_u(o, "floor", c->floor_bytes);
 	} else {
-		add_d(o, "ratio", c->ratio);
+		if (c->goal == MV__GOAL_RATIO)
+			add_d(o, "ratio", c->ratio);
 		add_u(o, "budget", h->budget);
 	}
 	add_u(o, "band", c->band_bytes);

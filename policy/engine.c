@@ -196,7 +196,8 @@ static void eval_goal(const struct mv__pcfg *c, const struct mv_policy_host_inpu
 	if (c->goal == MV__GOAL_FLOOR) {
 		h->deficit = (int64_t)c->floor_bytes - h->pred_avail;
 	} else {
-		h->budget = (uint64_t)(c->ratio * (double)h->total);
+		h->budget = c->goal == MV__GOAL_BUDGET ? c->budget_bytes
+		                                       : (uint64_t)(c->ratio * (double)h->total);
 		h->deficit = (int64_t)h->granted - (int64_t)h->budget;
 	}
 	h->surplus = -h->deficit - (int64_t)c->band_bytes;

@@ -83,9 +83,12 @@ static void host_goal(FILE *f, json_object *o)
 		fprintf(f, "    goal: keep %s free: predicted %s (available %s, inflating %s, COW "
 		        "breaks -%s)\n", mib(num(g, "floor")), mib(num(in, "pred_avail")),
 		        mib(num(in, "avail")), mib(num(in, "in_flight")), mib(num(in, "cow_pred")));
-	else
+	else if (!strcmp(str(g, "kind"), "ratio"))
 		fprintf(f, "    goal: overcommit ratio %.2f: guests hold %s of a budget of %s\n",
 		        num(g, "ratio"), mib(num(in, "granted")), mib(num(g, "budget")));
+	else
+		fprintf(f, "    goal: guests hold %s of a budget of %s\n",
+		        mib(num(in, "granted")), mib(num(g, "budget")));
 	if (num(o, "guard_delta") != 0 || num(o, "unplaced") != 0)
 		fprintf(f, "    guard rules moved %s; %s could not be placed (VM limits)\n",
 		        mib(num(o, "guard_delta")), mib(num(o, "unplaced")));

@@ -263,3 +263,13 @@ MV_API int mv_policy_tick(struct mv_policy *p, struct mv_policy_outputs *out)
 	pthread_mutex_unlock(&p->lock);
 	return rc;
 }
+
+MV_API int mv_policy_host_read(struct mv_policy *p, struct mv_policy_host_inputs *h)
+{
+	if (!p || !h)
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	int rc = gather_host(p, h);
+	pthread_mutex_unlock(&p->lock);
+	return rc;
+}

@@ -15,7 +15,7 @@
 #define MV_POL_PATH_MAX   256
 #define MV_POL_BACKOFF_MAX 3            /* a stalled balloon waits at most 2^3 backoffs */
 
-enum mv__goal { MV__GOAL_FLOOR, MV__GOAL_RATIO };
+enum mv__goal { MV__GOAL_FLOOR, MV__GOAL_RATIO, MV__GOAL_BUDGET };
 
 /* [vm NAME] */
 struct mv__pvm_cfg {
@@ -30,6 +30,7 @@ struct mv__pcfg {
 	enum mv__goal goal;
 	uint64_t floor_bytes;
 	double ratio;                      /* granted guest memory / host memory */
+	uint64_t budget_bytes;             /* granted guest memory at most (goal = budget) */
 	double tau;                        /* idle memory tax, 0 <= tau < 1 */
 	double cache_idle;                 /* fraction of guest caches counted as idle */
 	double some_high, some_low, full_high, full_low; /* PSI avg10, percent */

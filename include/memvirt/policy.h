@@ -186,6 +186,15 @@ int mv_policy_step(struct mv_policy *p, const struct mv_policy_inputs *in,
 int mv_policy_tick(struct mv_policy *p, struct mv_policy_outputs *out);
 
 /*
+ * Read the host figures as mv_policy_tick() does (the config's files or host_inputs
+ * callback, the policy's cgroup, the scanner of cfg.host) into *h, without stepping.
+ * For a caller that gathers the VMs' figures itself (a host daemon whose VMs live in
+ * other processes) and calls mv_policy_step(). Errors: those of reading meminfo or the
+ * cgroup, or of the callback; -EINVAL for NULL arguments.
+ */
+int mv_policy_host_read(struct mv_policy *p, struct mv_policy_host_inputs *h);
+
+/*
  * Render decision records (JSON lines, as logged) from in as text for people on out, one
  * paragraph per record. Lines that are not decision records are reported in place and
  * skipped. Returns 0, -EBADMSG when some line was skipped (the rest is rendered), -EIO

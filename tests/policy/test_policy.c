@@ -460,6 +460,16 @@ static void goals(void **state)
 	step(f);
 	assert_string_equal(f->out.host_rule, "goal_reclaim");
 	assert_int_equal(target_mib(f, a), 7168);
+	assert_int_equal(mv_policy_load_string(f->p, "[host]\ngoal = budget\nbudget_mib = 3072\n"
+	                                       "band_mib = 0\nmax_step_mib = 8192\n[vm a]\nmin_mib = 0\n",
+	                                       NULL, 0), 0);
+	step(f);                                                   /* an absolute budget: */
+	assert_string_equal(f->out.host_rule, "give_back");        /* the host's size is no matter */
+	assert_int_equal(target_mib(f, a), 5120);
+	f->in.host.mem_total_bytes = 64 * 1024 * MiB;
+	step(f);
+	assert_string_equal(f->out.host_rule, "hold");
+	assert_int_equal(target_mib(f, a), 5120);
 	fx_free(f);
 }
 
@@ -518,7 +528,7 @@ static void config_errors(void **state)
 		{ "[host]\nperiod_ms = 5\n", "line 2: [host] period_ms: bad value '5' (expected an integer in [10, 3600000])" },
 		{ "[host]\nfloor_mib = -5\n", "line 2: [host] floor_mib: bad value '-5'" },
 		{ "[host]\nfloor_mib = 12abc\n", "line 2: [host] floor_mib: bad value '12abc'" },
-		{ "[host]\ngoal = both\n", "line 2: [host] goal: bad value 'both' (expected floor or ratio)" },
+		{ "[host]\ngoal = both\n", "line 2: [host] goal: bad value 'both' (expected floor, ratio or budget)" },
 		{ "[host]\nlog_all = maybe\n", "line 2: [host] log_all: bad value 'maybe' (expected true or false)" },
 		{ "[host]\ncgroup = sys/fs\n", "line 2: [host] cgroup: bad value 'sys/fs'" },
 		{ "tau = 0.5\n", "line 1: tau: key outside a section" },
