@@ -73,6 +73,9 @@ int density_main(int argc, char **argv);
 int restore_main(int argc, char **argv);
 int balloon_backend_main(int argc, char **argv);
 int balloon_ctl_main(int argc, char **argv);
+/* memvirtd (daemon/main.c) and the admin's commands on it (tools/daemon_cli.c) */
+int daemon_main(int argc, char **argv);
+int daemon_cli_main(int argc, char **argv);
 int bench_settings_recover(const char *who);
 
 #endif

@@ -34,6 +34,8 @@ static void usage(FILE *f)
 	        "                       page-reporting\n"
 	        "  --inband             offer in-band notifications\n"
 	        "  --no-release         acknowledge pages but release none (transport baseline)\n"
+	        "  --attach PATH --name VM  serve one VM under memvirtd (its agent socket): the\n"
+	        "                       daemon decides the target (memvirt vm add starts this)\n"
 	        "Examples: cloud-hypervisor ... --generic-vhost-user socket=PATH,virtio_id=5,queue_sizes=[256,256,256,256,256]\n"
 	        "          linux.uml mem=512M ... virtio_uml.device=PATH:5\n"
 	        "Runs until SIGINT or SIGTERM.\n");
@@ -69,7 +71,8 @@ static int parse(int argc, char **argv, struct vu_serve_opts *o)
 	static const struct option lo[] = {
 		{ "socket", 1, 0, 's' }, { "control", 1, 0, 'c' }, { "target", 1, 0, 't' },
 		{ "target-mib", 1, 0, 'T' }, { "log-ms", 1, 0, 'l' }, { "max-conns", 1, 0, 'm' },
-		{ "features", 1, 0, 'f' }, { "inband", 0, 0, 'i' }, { "no-release", 0, 0, 'n' }, { "help", 0, 0, 'h' }, { 0 } };
+		{ "features", 1, 0, 'f' }, { "inband", 0, 0, 'i' }, { "no-release", 0, 0, 'n' },
+		{ "attach", 1, 0, 'a' }, { "name", 1, 0, 'N' }, { "help", 0, 0, 'h' }, { 0 } };
 	int c;
 	double mib;
 	uint64_t v;
@@ -98,9 +101,15 @@ static int parse(int argc, char **argv, struct vu_serve_opts *o)
 			break;
 		case 'i': o->inband = true; break;
 		case 'n': o->no_release = true; break;
+		case 'a': o->attach = optarg; break;
+		case 'N': o->name = optarg; break;
 		case 'h': usage(stdout); return 1;
 		default: usage(stderr); return 2;
 		}
+	}
+	if (!o->attach != !o->name) {
+		fprintf(stderr, "memvirt balloon-backend: --attach and --name go together\n");
+		return 2;
 	}
 	if (optind != argc || !o->socket) {
 		fprintf(stderr, "memvirt balloon-backend: %s\n", optind != argc ? "unexpected argument" : "--socket PATH is required");
@@ -128,9 +137,10 @@ int balloon_backend_main(int argc, char **argv)
 	if (!err)
 		err = vu_serve_new(h, &o, &s);
 	if (err) {
-		fprintf(stderr, "memvirt balloon-backend: %s: %s\n", o.socket, mv_strerror(err));
+		fprintf(stderr, "memvirt balloon-backend: %s: %s\n", o.socket, err == -EADDRINUSE
+		        ? "served by another backend already (it holds SOCKET.lock)" : mv_strerror(err));
 		mv_host_free(h);
-		return 1;
+		return err == -EADDRINUSE ? 3 : 1;
 	}
 	fprintf(stdout, "memvirt: balloon backend listening on %s%s%s\n", o.socket,
 	        o.control ? ", control on " : "", o.control ? o.control : "");

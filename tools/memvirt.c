@@ -19,6 +19,19 @@ static void usage(FILE *f)
 	        "  balloon-backend --socket PATH [--control PATH]   the balloon device as a vhost-user\n"
 	        "                                                   backend (crosvm, cloud-hypervisor, UML)\n"
 	        "  balloon-ctl CONTROL COMMAND...                   a command to a running balloon-backend\n"
+	        "  daemon [--config F] [--metrics H:P] ...          memvirtd: the policy over every VM of\n"
+	        "                                                   the host (memvirt daemon --help)\n"
+	        "  status [--json]                                  memvirtd's host and VMs\n"
+	        "  top [--interval-ms MS]                           the same, refreshing\n"
+	        "  set VM min=SIZE max=SIZE|none shares=N           a VM's limits and shares (kept)\n"
+	        "  host goal=floor|ratio|budget floor=SIZE ratio=X budget=SIZE  the host's goal (kept)\n"
+	        "  vm add NAME SOCKET [min=.. max=.. shares=..]     serve a vhost-user VM's balloon\n"
+	        "  vm remove NAME                                   stop serving it\n"
+	        "  reload                                           re-read memvirtd's config file\n"
+	        "  explain --follow [--json]                        memvirtd's decisions, live\n"
+	        "                                                   (daemon commands: --control PATH or\n"
+	        "                                                   MEMVIRT_CONTROL; default\n"
+	        "                                                   /run/memvirt/control.sock)\n"
 	        "  restore                                          put back kernel settings a run that\n"
 	        "                                                   was killed left changed (journal)\n"
 	        "  version                                          library version\n"
@@ -69,8 +82,16 @@ int main(int argc, char **argv)
 		return balloon_backend_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "restore"))
 		return restore_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "explain") && argc >= 3 && !strcmp(argv[2], "--follow"))
+		return daemon_cli_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "explain"))
 		return explain_main(argc - 1, argv + 1);
+	if (!strcmp(argv[1], "daemon"))
+		return daemon_main(argc - 1, argv + 1);
+	static const char *const admin[] = { "status", "top", "set", "host", "vm", "reload" };
+	for (unsigned i = 0; i < sizeof(admin) / sizeof(admin[0]); i++)
+		if (!strcmp(argv[1], admin[i]))
+			return daemon_cli_main(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "scan"))
 		return bench_scan_main(argc - 2, argv + 2);
 	if (!strcmp(argv[1], "bench") && argc >= 3 && !strcmp(argv[2], "balloon"))

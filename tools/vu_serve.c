@@ -4,11 +4,14 @@
 #include "bench.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
+#include <memvirt/attach.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -43,6 +46,8 @@ struct vu_serve {
 	uint64_t target;
 	struct ctl ctl[MAX_CTL];
 	double last_log;
+	int lockfd;                   /* SOCKET.lock, held while serving */
+	struct mv_attach *link;       /* to memvirtd (opts.attach), or NULL */
 };
 
 static double now_s(void)
@@ -139,6 +144,9 @@ static void accept_conn(struct vu_serve *s)
 	c->id = ++s->next_id;
 	s->conn[s->n++] = c;
 	pthread_mutex_unlock(&s->lock);
+	if (s->link && (err = mv_attach_add_vm(s->link, s->o.name, c->vm, mv_vhost_user_balloon(c->vu))))
+		fprintf(logf_(s), "memvirt: frontend %u not reported to memvirtd: %s\n", c->id,
+		        mv_strerror(err));
 	fprintf(logf_(s), "memvirt: frontend %u connected\n", c->id);
 	fflush(logf_(s));
 }
@@ -151,6 +159,8 @@ static void end_conn(struct vu_serve *s, unsigned i, int why)
 	struct conn *c = s->conn[i];
 	s->conn[i] = s->conn[--s->n];
 	pthread_mutex_unlock(&s->lock);
+	if (s->link)
+		mv_attach_remove_vm(s->link, s->o.name);
 	fprintf(logf_(s), "memvirt: frontend %u %s\n", c->id,
 	        why == -ECONNRESET ? "disconnected" : "dropped: malformed message");
 	fflush(logf_(s));
@@ -432,6 +442,33 @@ int vu_serve_run(struct vu_serve *s, int stop_fd)
 	}
 }
 
+/* SOCKET.lock: one server per socket, so a second one never removes a live socket. */
+static int take_lock(struct vu_serve *s)
+{
+	char path[128];
+	if (snprintf(path, sizeof(path), "%s.lock", s->o.socket) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (s->lockfd < 0)
+		return -errno;
+	if (flock(s->lockfd, LOCK_EX | LOCK_NB)) {
+		int err = errno == EWOULDBLOCK ? -EADDRINUSE : -errno;
+		close(s->lockfd);
+		return err;
+	}
+	return 0;
+}
+
+static int link_daemon(struct vu_serve *s)
+{
+	char client[64];
+	snprintf(client, sizeof(client), "vhost-user %s", s->o.name ? s->o.name : "");
+	struct mv_attach_config ac;
+	mv_attach_config_init(&ac);
+	ac.client = client;
+	return s->o.name ? mv_host_attach(s->h, s->o.attach, &ac, &s->link) : -EINVAL;
+}
+
 int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_serve **out)
 {
 	struct vu_serve *s = calloc(1, sizeof(*s));
@@ -444,22 +481,36 @@ int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_ser
 	s->target = o->target_bytes;
 	for (unsigned i = 0; i < MAX_CTL; i++)
 		s->ctl[i].fd = -1;
+	if (o->attach)
+		s->o.max_conns = 1; /* one VM per socket under the daemon */
+	int err = take_lock(s);
+	if (err)
+		goto fail_lock;
 	s->lfd = listen_unix(o->socket);
 	if (s->lfd < 0) {
-		int err = s->lfd;
-		free(s);
-		return err;
+		err = s->lfd;
+		goto fail_listen;
 	}
 	if (o->control && (s->cfd = listen_control(o->control)) < 0) {
-		int err = s->cfd;
-		close(s->lfd);
-		unlink(o->socket);
-		free(s);
-		return err;
+		err = s->cfd;
+		goto fail_control;
 	}
+	if (o->attach && (err = link_daemon(s)))
+		goto fail_attach;
 	pthread_mutex_init(&s->lock, NULL);
 	*out = s;
 	return 0;
+fail_attach:
+	if (s->cfd >= 0)
+		close(s->cfd), unlink(o->control);
+fail_control:
+	close(s->lfd);
+	unlink(o->socket);
+fail_listen:
+	close(s->lockfd);
+fail_lock:
+	free(s);
+	return err;
 }
 
 void vu_serve_free(struct vu_serve *s)
@@ -471,12 +522,14 @@ void vu_serve_free(struct vu_serve *s)
 	for (unsigned i = 0; i < MAX_CTL; i++)
 		if (s->ctl[i].fd >= 0)
 			close(s->ctl[i].fd);
+	mv_attach_free(s->link);
 	close(s->lfd);
 	unlink(s->o.socket);
 	if (s->cfd >= 0) {
 		close(s->cfd);
 		unlink(s->o.control);
 	}
+	close(s->lockfd); /* after the unlink: the next server finds no socket of ours */
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

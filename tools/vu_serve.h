@@ -21,10 +21,15 @@ struct vu_serve_opts {
 	unsigned max_conns;        /* 0: 8 */
 	unsigned log_every_ms;     /* 0: no progress lines; else an info line per connection */
 	FILE *log;                 /* progress and events; NULL: stderr */
+	const char *attach;        /* memvirtd's agent socket: every connection is reported to
+	                              the daemon as VM `name` and follows its targets */
+	const char *name;          /* with attach (then max_conns is 1) */
 };
 
 struct vu_serve;
 
+/* Takes the lock file SOCKET.lock first: -EADDRINUSE while another server holds it (the
+ * socket is served), and a stale socket file is replaced only under the lock. */
 int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_serve **out);
 /* Serve until stop_fd (if >= 0) is readable. 0, or -errno of a failed poll. */
 int vu_serve_run(struct vu_serve *s, int stop_fd);
