@@ -4,6 +4,7 @@ PREFIX  ?= /usr/local
 LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 BINDIR  ?= $(PREFIX)/bin
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR ?=
 CC      ?= cc
 WERROR  ?= 1
@@ -14,7 +15,8 @@ MAJOR   := $(firstword $(subst ., ,$(VERSION)))
 SONAME  := libmemvirt.so.$(MAJOR)
 
 DEBS     := liburcu-dev libxxhash-dev libnuma-dev libcmocka-dev libjson-c-dev libinih-dev gnuplot-nox \
-            user-mode-linux busybox-static pkg-config g++ abigail-tools qemu-system-x86
+            user-mode-linux busybox-static pkg-config g++ abigail-tools qemu-system-x86 \
+            libmicrohttpd-dev python3-prometheus-client
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
             -fdiagnostics-show-option -fmessage-length=0
 ifeq ($(WERROR),1)
@@ -22,10 +24,12 @@ WARN     += -Werror
 endif
 CFLAGS   ?= -O2 -g
 BASEFLAGS := -std=gnu11 -pthread -D_GNU_SOURCE -Iinclude -Ilibmemvirt -Ilibmemvirt/balloon -Iksm-scanner -Ipolicy -Iballoon-driver -Isim \
-            -Iguests/uml -Ibench -Itools $(WARN)
+            -Iguests/uml -Ibench -Itools -Idaemon $(WARN)
 LIBFLAGS := $(BASEFLAGS) -fPIC -fvisibility=hidden
 # xxHash is compiled in (ksm-scanner/hash.c): only its header is needed.
 LDLIBS_LIB := -lurcu-bp -lurcu-cds -lnuma -ljson-c -linih -lm -pthread
+# The daemon (daemon/, `memvirt daemon`): its /metrics endpoint.
+LDLIBS_DAEMON := -lmicrohttpd
 # The page hash is also built for AVX2, chosen at run time (ksm-scanner/hash.c).
 ifneq ($(filter x86_64%,$(shell $(CC) -dumpmachine)),)
 AVX2FLAGS := -mavx2
@@ -74,7 +78,9 @@ UML_OBJ   := $(UML_SRC:%.c=$(B)/obj/%.o)
 UML_ROOT  := build/uml-root
 UML_TOOL  := build/uml/memtool
 UML_DEFS  := -DMV_UML_ROOT_DEFAULT='"$(CURDIR)/$(UML_ROOT)"'
-TOOL_SRC  := $(wildcard tools/*.c bench/*.c) $(UML_SRC)
+# The host daemon (daemon/) is part of the CLI: `memvirt daemon`.
+DAEMON_SRC := $(wildcard daemon/*.c)
+TOOL_SRC  := $(wildcard tools/*.c bench/*.c) $(UML_SRC) $(DAEMON_SRC)
 TOOL_OBJ  := $(TOOL_SRC:%.c=$(B)/obj/%.o)
 TEST_SRC  := $(wildcard tests/*/test_*.c)
 TEST_BIN  := $(patsubst tests/%.c,$(B)/tests/%,$(TEST_SRC))
@@ -106,7 +112,7 @@ help:
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
 	@echo "make fuzz       fuzz the balloon device as a hostile guest and its vhost-user backend as a"
 	@echo "                hostile frontend (clang; FUZZ_TIME=180 s shared, FUZZ_TARGET=balloon|vhost_user)"
-	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..."
+	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..., SYSTEMDDIR=..."
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
@@ -185,12 +191,12 @@ $(B)/memvirt.pc: memvirt.pc.in include/memvirt/memvirt.h
 # The CLI links the static library: bench code uses internal symbols for its figures.
 $(B)/memvirt: $(TOOL_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a | $(UML_ROOT)/.built
 	@echo "  LD    $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lm
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(TOOL_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) $(LDLIBS_DAEMON) -lm
 
 $(B)/tests/%: tests/%.c $(TEST_HELP) $(UML_OBJ) $(B)/libmemvirt.a $(B)/libmvguest.a | $(UML_ROOT)/.built
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	$(Q)$(CC) $(BASEFLAGS) $(UML_DEFS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(UML_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) -lcmocka -lm
+	$(Q)$(CC) $(BASEFLAGS) $(UML_DEFS) $(TEST_DEFS) -Itests/common -Ibench $(CFLAGS) $(LDFLAGS) -o $@ $< $(TEST_HELP) $(TEST_EXTRA) $(UML_OBJ) $(B)/libmvguest.a $(B)/libmemvirt.a $(LDLIBS_LIB) $(TEST_LIBS) -lcmocka -lm
 
 $(TEST_SH_BIN): $(B)/tests/%: tests/%.sh
 	@mkdir -p $(dir $@)
@@ -229,6 +235,13 @@ $(B)/tests/balloon-driver/test_driver_vhost_user: $(B)/obj/tools/vu_serve.o $(B)
 
 # The vhost-user tests share their fake frontend.
 $(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_hostile $(B)/tests/libmemvirt/test_vhost_user_threads: tests/libmemvirt/vufront.h
+
+# The daemon's tests link the objects they test and libmicrohttpd; test_metrics runs
+# tests/daemon/promcheck.py (prometheus_client's parser) from the source tree.
+$(B)/tests/daemon/test_metrics: TEST_EXTRA := $(B)/obj/daemon/metrics.o
+$(B)/tests/daemon/test_metrics: $(B)/obj/daemon/metrics.o tests/daemon/promcheck.py
+$(B)/tests/daemon/%: TEST_LIBS := $(LDLIBS_DAEMON)
+$(B)/tests/daemon/%: TEST_DEFS := -DMV_SRC_DIR='"$(CURDIR)"'
 
 # The soak's smoke test runs its loop for 10 s.
 $(B)/tests/soak/test_soak_smoke: TEST_EXTRA := $(SOAK_OBJ)
@@ -294,9 +307,13 @@ install: all
 	sed -e 's|@PREFIX@|$(PREFIX)|;s|@LIBDIR@|$(LIBDIR)|;s|@INCDIR@|$(INCDIR)|;s|@VERSION@|$(VERSION)|' \
 		memvirt.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/memvirt.pc
 	install -m 755 $(B)/memvirt $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(SYSTEMDDIR)
+	sed -e 's|@BINDIR@|$(BINDIR)|g' daemon/memvirtd.service > $(DESTDIR)$(SYSTEMDDIR)/memvirtd.service
+	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/memvirtd.service
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmemvirt.* $(DESTDIR)$(LIBDIR)/pkgconfig/memvirt.pc $(DESTDIR)$(BINDIR)/memvirt
+	rm -f $(DESTDIR)$(SYSTEMDDIR)/memvirtd.service
 	rm -rf $(DESTDIR)$(INCDIR)/memvirt
 
 clean:
