@@ -241,6 +241,8 @@ $(B)/tests/libmemvirt/test_vhost_user $(B)/tests/libmemvirt/test_vhost_user_host
 $(B)/tests/daemon/test_metrics: TEST_EXTRA := $(B)/obj/daemon/metrics.o
 $(B)/tests/daemon/test_metrics: $(B)/obj/daemon/metrics.o tests/daemon/promcheck.py
 $(B)/tests/daemon/%: TEST_LIBS := $(LDLIBS_DAEMON)
+# test_daemon runs the daemon and the admin's commands: the CLI.
+$(B)/tests/daemon/test_daemon: $(B)/memvirt
 $(B)/tests/daemon/%: TEST_DEFS := -DMV_SRC_DIR='"$(CURDIR)"'
 
 # The soak's smoke test runs its loop for 10 s.

@@ -297,8 +297,10 @@ int daemon_main(int argc, char **argv)
 		teardown(&d);
 		return 1;
 	}
-	md_log(&d, "memvirtd: running: control %s, agents %s, state %s%s%s", d.o.control, d.o.agent,
-	       d.o.state_dir, d.http ? ", metrics on " : "", d.http ? d.o.metrics : "");
+	md_log(&d, "memvirtd: running: control %s, agents %s, state %s", d.o.control, d.o.agent,
+	       d.o.state_dir);
+	if (d.http)
+		md_log(&d, "memvirtd: metrics on port %u (%s)", md_http_port(d.http), d.o.metrics);
 	md_workers_check(&d);
 	md_snapshot_update(&d);
 	rc = loop(&d);
