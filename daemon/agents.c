@@ -186,6 +186,7 @@ static void take_vm(struct md *d, struct md_agent *a, const struct mv__aw_vm *r)
 			refuse(d, a, MV_AW_REPORT, -ENOSPC, r->name, "the daemon serves 256 VMs at most");
 			return;
 		}
+		memset(v, 0, sizeof(*v));
 		v->used = true;
 		v->agent = a->id;
 		md_log(d, "memvirtd: vm %s reported by agent %u (%s), %llu MiB", r->name, a->id,
@@ -251,7 +252,7 @@ void md_agent_event(struct md *d, struct md_agent *a)
 	static struct mv__aw_vm vms[MV_AW_MAX_VMS];
 	int rc = mv__aw_read(a->fd, a->rx);
 	struct mv__aw_msg m;
-	long n;
+	long n = 0;
 	while (rc == 0 && (n = mv__aw_next(a->rx, &m, vms)) > 0)
 		rc = handle(d, a, &m);
 	if (rc == 0 && n < 0)

@@ -142,6 +142,7 @@ int md_settings_save(struct md *d);
 int md_policy_reload(struct md *d, const struct md_settings *s, char *err, size_t errlen);
 struct md_vm_set *md_settings_vm(struct md_settings *s, const char *name, bool create);
 void md_goal(struct md *d, char *goal, size_t len, uint64_t *bytes, double *ratio);
+void md_vm_limits(struct md *d, const char *name, uint64_t *min, uint64_t *max, double *shares);
 
 /* agents.c */
 int md_listen_unix(struct md *d, const char *path);

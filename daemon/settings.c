@@ -418,3 +418,33 @@ void md_goal(struct md *d, char *goal, size_t len, uint64_t *bytes, double *rati
 	*bytes = !strcmp(g.goal, "floor") ? g.floor_mib << 20 : !strcmp(g.goal, "budget")
 	         ? g.budget_mib << 20 : (uint64_t)(g.ratio * (double)total);
 }
+
+struct vm_keys {
+	char sect[80];
+	uint64_t min_mib, max_mib;
+	double shares;
+};
+
+static int vm_key(void *user, const char *sect, const char *key, const char *val)
+{
+	struct vm_keys *k = user;
+	if (strcmp(sect, k->sect))
+		return 1;
+	if (!strcmp(key, "min_mib"))
+		k->min_mib = strtoull(val, NULL, 10);
+	else if (!strcmp(key, "max_mib"))
+		k->max_mib = strtoull(val, NULL, 10);
+	else if (!strcmp(key, "shares"))
+		k->shares = strtod(val, NULL);
+	return 1;
+}
+
+/* A VM's limits and shares in force (policy/README.md's defaults where none is given). */
+void md_vm_limits(struct md *d, const char *name, uint64_t *min, uint64_t *max, double *shares)
+{
+	struct vm_keys k = { "", 256, 0, 1000 };
+	snprintf(k.sect, sizeof(k.sect), "vm %s", name);
+	if (d->conf_text)
+		ini_parse_string(d->conf_text, vm_key, &k);
+	*min = k.min_mib << 20, *max = k.max_mib << 20, *shares = k.shares;
+}

@@ -158,14 +158,7 @@ static void fill_vm(struct md *d, const struct md_vm *v, struct md_vm_view *w)
 	w->balloon = v->r.balloon;
 	w->scanner_valid = v->r.scanner_valid;
 	w->scanner = v->r.scanner;
-	w->min_bytes = 256ull << 20, w->max_bytes = 0, w->shares = 1000;
-	struct md_vm_set *s = md_settings_vm(&d->set, v->r.name, false);
-	if (s && s->has_min)
-		w->min_bytes = s->min_mib << 20;
-	if (s && s->has_max)
-		w->max_bytes = s->max_mib << 20;
-	if (s && s->has_shares)
-		w->shares = s->shares;
+	md_vm_limits(d, v->r.name, &w->min_bytes, &w->max_bytes, &w->shares);
 	snprintf(w->rule, sizeof(w->rule), "%s", v->rule);
 	snprintf(w->cap, sizeof(w->cap), "%s", v->cap);
 	w->decided_bytes = v->decided;
