@@ -110,8 +110,9 @@ help:
 	@echo "make check-abi  compare the public ABI of build/libmemvirt.so with tests/abi/libmemvirt.abi"
 	@echo "make abi-baseline  accept the current public ABI as the baseline (after a version bump)"
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
-	@echo "make fuzz       fuzz the balloon device as a hostile guest and its vhost-user backend as a"
-	@echo "                hostile frontend (clang; FUZZ_TIME=180 s shared, FUZZ_TARGET=balloon|vhost_user)"
+	@echo "make fuzz       fuzz the balloon device as a hostile guest, its vhost-user backend as a hostile"
+	@echo "                frontend and the agent protocol's decoder (clang; FUZZ_TIME=180 s shared,"
+	@echo "                FUZZ_TARGET=balloon|vhost_user|attach)"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..., SYSTEMDDIR=..."
 
 deps:

@@ -29,7 +29,7 @@
  *   SET_SHARE    6    d->a   u64 micro-cores per scanner worker (> 0, <= 1e6)
  *   REFUSE       7    both   u16 type refused, u16 0, i32 -errno, char name[64], char why[96]
  *
- *   scanner block: u8 valid, 7 bytes 0, the 18 u64 of struct mv_scan_stats in header order
+ *   scanner block: u8 valid, 7 bytes 0, the 17 u64 of struct mv_scan_stats in header order
  *   VM block:      char name[64], u64 ram_bytes, u8 has_balloon, u8 scanner_valid,
  *                  u8 stalled, u8 needs_reset, u32 stats_valid, then u64: target, actual,
  *                  held, released, inflated, deflated, reported, hinted, hint_discarded,

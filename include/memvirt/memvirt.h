@@ -35,5 +35,6 @@ const char *mv_version(void);
 #include <memvirt/vm.h>
 #include <memvirt/policy.h>
 #include <memvirt/vhost_user.h>
+#include <memvirt/attach.h>
 
 #endif

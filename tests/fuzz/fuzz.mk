@@ -1,24 +1,26 @@
 # fuzz.mk - `make fuzz`: libFuzzer against the virtio-balloon device, playing a hostile
-# guest (tests/fuzz/fuzz_balloon.c), and against its vhost-user backend, playing a hostile
-# frontend (tests/fuzz/fuzz_vhost_user.c). Included by the Makefile, after LIB_SRC and
-# LDLIBS_LIB.
+# guest (tests/fuzz/fuzz_balloon.c), against its vhost-user backend, playing a hostile
+# frontend (tests/fuzz/fuzz_vhost_user.c), and against the agent protocol's decoder, fed
+# the bytes of a hostile daemon or agent (tests/fuzz/fuzz_attach.c). Included by the
+# Makefile, after LIB_SRC and LDLIBS_LIB.
 #
 #   make fuzz                    build, then fuzz each harness in turn, FUZZ_TIME seconds
 #                                (default 180) shared between them
 #   make fuzz FUZZ_TARGET=vhost_user FUZZ_TIME=600 FUZZ_ARGS="-jobs=1 -workers=1"
 #
-# FUZZ_TARGET names the harnesses to run: balloon, vhost_user (default both). The library
-# and the harnesses are built with clang -fsanitize=fuzzer,address,undefined into
-# build/fuzz/. The tracked seeds (tests/fuzz/corpus, tests/fuzz/corpus-vhost-user) are
-# copied to build/fuzz/, where the fuzzer keeps what it finds; crashes land in
-# build/fuzz/artifacts/, prefixed with the harness's name. Every crash becomes a named
-# file in tests/fuzz/regressions/ (or regressions-vhost-user/), replayed by `make test`
-# (tests/fuzz/test_fuzz_regressions.c, test_fuzz_vhost_user.c: the harnesses built with the
-# normal compiler, no libFuzzer).
+# FUZZ_TARGET names the harnesses to run: balloon, vhost_user, attach (default all three).
+# The library and the harnesses are built with clang -fsanitize=fuzzer,address,undefined
+# into build/fuzz/. The tracked seeds (tests/fuzz/corpus, tests/fuzz/corpus-vhost-user,
+# tests/fuzz/corpus-attach) are copied to build/fuzz/, where the fuzzer keeps what it
+# finds; crashes land in build/fuzz/artifacts/, prefixed with the harness's name. Every
+# crash becomes a named file in tests/fuzz/regressions/ (or regressions-vhost-user/,
+# regressions-attach/), replayed by `make test` (tests/fuzz/test_fuzz_regressions.c,
+# test_fuzz_vhost_user.c, test_fuzz_attach.c: the harnesses built with the normal
+# compiler, no libFuzzer).
 
 FUZZ_TIME  ?= 180
 FUZZ_ARGS  ?=
-FUZZ_TARGET ?= balloon vhost_user
+FUZZ_TARGET ?= balloon vhost_user attach
 FUZZ_CC    ?= clang
 FUZZ_DEBS  := clang libclang-rt-dev
 FUZZ_B     := build/fuzz
@@ -52,10 +54,13 @@ fuzz-build: fuzz-deps
 	$(Q)$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) $(FUZZ_TARGET:%=$(FUZZ_B)/fuzz_%)
 
 # Per harness: its seed directory and its own libFuzzer options (the vhost-user programs
-# are longer; a dispatch that blocks is a finding, caught by the timeout).
+# are longer; a dispatch that blocks is a finding, caught by the timeout; a report of
+# 64 VMs is 29868 bytes).
 fuzz_corpus_balloon    := corpus
 fuzz_corpus_vhost_user := corpus-vhost-user
 fuzz_args_vhost_user   := -max_len=8192 -timeout=20
+fuzz_corpus_attach     := corpus-attach
+fuzz_args_attach       := -max_len=32768
 
 fuzz: fuzz-build
 	$(Q)mkdir -p $(FUZZ_B)/artifacts
@@ -71,4 +76,5 @@ fuzz: fuzz-build
 # The test binaries include these sources: rebuild them when they change.
 $(B)/tests/fuzz/test_fuzz_regressions: tests/fuzz/fuzz_balloon.c tests/fuzz/replay.h
 $(B)/tests/fuzz/test_fuzz_vhost_user: tests/fuzz/fuzz_vhost_user.c tests/fuzz/replay.h
+$(B)/tests/fuzz/test_fuzz_attach: tests/fuzz/fuzz_attach.c tests/fuzz/replay.h
 $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/conformance/test_*.c)): $(wildcard tests/conformance/*.h)
