@@ -13,9 +13,8 @@
 /* The agent link of the worker serving a (ours, or one a previous daemon started). */
 static struct md_agent *worker_link(struct md *d, const struct md_added *a)
 {
-	char client[MV_AW_CLIENT + MD_NAME];
-	snprintf(client, sizeof(client), "vhost-user %s", a->name);
-	client[MV_AW_CLIENT - 1] = 0; /* as the worker's HELLO carries it */
+	char client[MV_AW_CLIENT];
+	snprintf(client, sizeof(client), "vhost-user %s", a->name); /* names fit: 63 bytes */
 	for (unsigned i = 0; i < MD_MAX_AGENTS; i++)
 		if (d->agents[i].fd >= 0 && d->agents[i].hello && !strcmp(d->agents[i].client, client))
 			return &d->agents[i];
