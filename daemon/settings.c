@@ -344,6 +344,7 @@ static void load_added(struct md_settings *s, json_object *arr)
 		memset(a, 0, sizeof(*a));
 		snprintf(a->name, sizeof(a->name), "%s", name);
 		snprintf(a->socket, sizeof(a->socket), "%s", sock);
+		a->restored = true;
 	}
 }
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #define RESPAWN_NS (2ull * 1000000000ull)
+#define GRACE_NS   (3ull * 1000000000ull) /* a worker of before links within its retry_ms */
 
 /* The agent link of the worker serving a (ours, or one a previous daemon started). */
 static struct md_agent *worker_link(struct md *d, const struct md_added *a)
@@ -49,7 +50,8 @@ void md_workers_check(struct md *d)
 	uint64_t now = md_now_ns();
 	for (unsigned i = 0; i < d->set.nr_added; i++) {
 		struct md_added *a = &d->set.added[i];
-		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS)
+		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS ||
+		    (a->restored && now - d->start_ns < GRACE_NS))
 			continue;
 		spawn(d, a);
 	}
