@@ -103,6 +103,7 @@ struct md_opts {
 	const char *textfile;         /* node_exporter textfile or NULL */
 	const char *self;             /* the memvirt binary, for workers */
 	const char *meminfo, *psi;    /* host input files, NULL = /proc */
+	bool no_workers;              /* start no worker process (the control fuzzer) */
 	FILE *log;
 };
 

@@ -48,7 +48,7 @@ static void spawn(struct md *d, struct md_added *a)
 void md_workers_check(struct md *d)
 {
 	uint64_t now = md_now_ns();
-	for (unsigned i = 0; i < d->set.nr_added; i++) {
+	for (unsigned i = 0; !d->o.no_workers && i < d->set.nr_added; i++) {
 		struct md_added *a = &d->set.added[i];
 		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS ||
 		    (a->restored && now - d->start_ns < GRACE_NS))
