@@ -93,6 +93,14 @@ static void daemon_start(struct fx *f, const char *extra)
 	assert_int_equal(stat(f->control, &st), 0);
 }
 
+/* The test's directory and everything in it (a mkdtemp path: no quoting needed). */
+static void fx_cleanup(struct fx *f)
+{
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 static void daemon_stop(struct fx *f)
 {
 	if (f->daemon <= 0)
@@ -459,6 +467,7 @@ static void budget_shrinks_idle_guests_give_first(void **state)
 		close(fd);
 	}
 	daemon_stop(&w.f);
+	fx_cleanup(&w.f);
 }
 
 /* Bad input names what is wrong and changes nothing; settings persist in the state file. */
@@ -503,6 +512,7 @@ static void bad_input_changes_nothing(void **state)
 	assert_true(json_object_get_double(at(web, "shares")) == 300);
 	json_object_put(st);
 	daemon_stop(&f);
+	fx_cleanup(&f);
 }
 
 /* A client that is not root, the daemon's user or in the memvirt group is refused, even
@@ -514,6 +524,7 @@ static void foreign_client_refused(void **state)
 	daemon_start(&f, NULL);
 	if (geteuid() != 0) {
 		daemon_stop(&f);
+		fx_cleanup(&f);
 		printf("[  SKIP    ] needs root to act as another user\n");
 		skip();
 	}
@@ -562,6 +573,7 @@ static void foreign_client_refused(void **state)
 		fclose(l);
 	assert_non_null(strstr(log, "agent refused: uid 65534"));
 	daemon_stop(&f);
+	fx_cleanup(&f);
 }
 
 int main(void)

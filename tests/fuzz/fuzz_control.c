@@ -34,11 +34,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static struct md fc_d;
 static char fc_dir[64];
 
+/* The state directory goes with the process (a mkdtemp path: no quoting needed). */
+static void fc_cleanup(void)
+{
+	char cmd[96];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", fc_dir);
+	if (system(cmd)) {
+		/* nothing more to do at exit */
+	}
+}
+
 static void fc_setup(void)
 {
 	struct md *d = &fc_d;
 	snprintf(fc_dir, sizeof(fc_dir), "/tmp/memvirt-fuzz-control-XXXXXX");
 	FC_CHECK(mkdtemp(fc_dir));
+	atexit(fc_cleanup);
 	d->o.state_dir = fc_dir;
 	d->o.no_workers = true;
 	d->o.log = fopen("/dev/null", "w");
