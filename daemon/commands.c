@@ -293,9 +293,15 @@ static char *vm_remove(struct md *d, char **w, int n, struct md_settings *s)
 	for (unsigned i = 0; i < s->nr_added; i++) {
 		if (strcmp(s->added[i].name, w[0]))
 			continue;
-		md_worker_stop(d, &d->set.added[i]);
+		struct md_added gone = s->added[i];
 		s->added[i] = s->added[--s->nr_added];
-		return commit(d, s);
+		char *r = commit(d, s);
+		bool taken = true; /* even if not saved: the daemon no longer serves it */
+		for (unsigned j = 0; j < d->set.nr_added; j++)
+			taken &= strcmp(d->set.added[j].name, gone.name) != 0;
+		if (taken)
+			md_worker_stop(d, &gone);
+		return r;
 	}
 	return error("vm %s was not added with `vm add` (VMs of a linked VMM leave with it)", w[0]);
 }

@@ -13,7 +13,7 @@ int md_control_listen(struct md *d)
 {
 	for (unsigned i = 0; i < MD_MAX_CLIENTS; i++)
 		d->clients[i].fd = -1;
-	d->cfd = md_listen_unix(d, d->o.control);
+	d->cfd = md_listen_unix(d, d->o.control, d->group);
 	if (d->cfd < 0)
 		return d->cfd;
 	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &d->cfd };
@@ -45,11 +45,12 @@ void md_control_accept(struct md *d)
 		return;
 	char why[160], msg[256];
 	pid_t pid;
+	uid_t uid;
 	struct md_client *c = NULL;
 	for (unsigned i = 0; i < MD_MAX_CLIENTS && !c; i++)
 		if (d->clients[i].fd < 0)
 			c = &d->clients[i];
-	bool ok = md_peer_allowed(d, fd, &pid, why, sizeof(why));
+	bool ok = md_peer_allowed(d, fd, false, &pid, &uid, why, sizeof(why));
 	if (!ok || !c) {
 		snprintf(msg, sizeof(msg), "{\"v\":1,\"error\":\"%s\"}",
 		         ok ? "too many control clients" : why);

@@ -40,6 +40,9 @@ struct md_agent {
 	int fd;                       /* -1: slot free */
 	unsigned id;
 	pid_t pid;                    /* SO_PEERCRED */
+	uid_t uid;
+	uint64_t accept_ns;           /* a link that sends no HELLO is closed after a while */
+	unsigned refused;             /* REFUSEs sent (the first few are logged) */
 	bool hello;                   /* HELLO received, WELCOME sent */
 	char client[MV_AW_CLIENT];
 	struct mv__aw_rx *rx;
@@ -64,6 +67,7 @@ struct md_added {
 	char socket[108];
 	pid_t worker;                 /* our child serving it, 0: none */
 	uint64_t spawn_ns;            /* last start of a worker */
+	unsigned fails;               /* workers that ended in a row: the next waits longer */
 	bool restored;                /* from the state file: its worker may be alive, give it
 	                                 time to link before starting another */
 };
@@ -118,7 +122,8 @@ struct md {
 	struct md_settings set;
 	char *conf_text;              /* the config file as last loaded (NULL: none) */
 	uint64_t poll_seq, ticks, start_ns;
-	gid_t group;                  /* the memvirt group, (gid_t)-1 if none */
+	gid_t group;                  /* the memvirt group (admins), (gid_t)-1 if none */
+	gid_t vmm_group;              /* the memvirt-vmm group (agents only), or -1 */
 	bool stop;
 	/* decision records: the backlog and counts by rule */
 	char *backlog[MD_BACKLOG];
@@ -148,7 +153,7 @@ void md_goal(struct md *d, char *goal, size_t len, uint64_t *bytes, double *rati
 void md_vm_limits(struct md *d, const char *name, uint64_t *min, uint64_t *max, double *shares);
 
 /* agents.c */
-int md_listen_unix(struct md *d, const char *path);
+int md_listen_unix(struct md *d, const char *path, gid_t gid);
 int md_agents_listen(struct md *d);
 void md_agent_accept(struct md *d);
 void md_agent_event(struct md *d, struct md_agent *a);
@@ -157,7 +162,10 @@ int md_agent_set_target(struct md *d, struct md_vm *v, uint64_t bytes);
 void md_agents_set_share(struct md *d, double share);
 struct md_agent *md_agent_by_id(struct md *d, unsigned id);
 struct md_vm *md_vm_find(struct md *d, const char *name);
-bool md_peer_allowed(struct md *d, int fd, pid_t *pid, char *why, size_t whylen);
+bool md_peer_allowed(struct md *d, int fd, bool agent, pid_t *pid, uid_t *uid, char *why,
+                     size_t whylen);
+void md_agents_expire(struct md *d);
+bool md_agent_is_worker(struct md *d, const struct md_agent *a, const char *name);
 
 /* workers.c */
 void md_workers_check(struct md *d);

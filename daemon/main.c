@@ -114,6 +114,7 @@ static void on_timer(struct md *d)
 	uint64_t n;
 	if (read(d->timer, &n, sizeof(n)) != sizeof(n))
 		return;
+	md_agents_expire(d);
 	md_workers_check(d);
 	md_tick(d);
 	if (d->o.textfile) {
@@ -186,6 +187,27 @@ static int lock_state(struct md *d)
 	return 0; /* held until the process ends */
 }
 
+/* The config file with the admin's settings; if they conflict (the file was edited
+ * since), the file alone, said loudly: the daemon serves its VMs either way, and the
+ * settings stay as they were for the admin to correct. */
+static int start_policy(struct md *d, char *err, size_t errlen)
+{
+	char why[300];
+	if (!md_policy_reload(d, &d->set, why, sizeof(why)))
+		return 0;
+	static struct md_settings kept, file_alone;
+	kept = d->set;
+	memset(&file_alone, 0, sizeof(file_alone));
+	file_alone.nr_added = kept.nr_added;
+	memcpy(file_alone.added, kept.added, sizeof(kept.added));
+	int rc = md_policy_reload(d, &file_alone, err, errlen);
+	d->set = kept;
+	if (!rc)
+		md_log(d, "memvirtd: the admin's settings conflict with %s (%s): running the file "
+		       "alone until they are changed (memvirt set / memvirt host)", d->o.config, why);
+	return rc;
+}
+
 static int setup(struct md *d, char *err, size_t errlen)
 {
 	int rc;
@@ -197,6 +219,8 @@ static int setup(struct md *d, char *err, size_t errlen)
 	signal(SIGPIPE, SIG_IGN);
 	struct group *g = getgrnam("memvirt");
 	d->group = g ? g->gr_gid : (gid_t)-1;
+	g = getgrnam("memvirt-vmm");
+	d->vmm_group = g ? g->gr_gid : (gid_t)-1;
 	d->start_ns = md_now_ns();
 	pthread_mutex_init(&d->snap_lock, NULL);
 	mkdir(d->o.state_dir, 0700);
@@ -212,7 +236,7 @@ static int setup(struct md *d, char *err, size_t errlen)
 	pc.meminfo_path = d->o.meminfo;
 	pc.psi_path = d->o.psi;
 	if ((rc = mv_policy_new(&pc, &d->pol)) || (rc = md_settings_load(d)) ||
-	    (rc = md_policy_reload(d, &d->set, err, errlen))) {
+	    (rc = start_policy(d, err, errlen))) {
 		if (!err[0])
 			snprintf(err, errlen, "%s: %s", d->o.state_dir, mv_strerror(rc));
 		return rc;

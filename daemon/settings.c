@@ -289,25 +289,39 @@ int md_settings_save(struct md *d)
 		rc = -errno;
 	if (rc)
 		unlink(tmp);
+	int dfd = rc ? -1 : open(d->o.state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) { /* the rename itself reaches the disk */
+		fsync(dfd);
+		close(dfd);
+	}
 	json_object_put(o);
 	return rc;
 }
 
+/* A MiB count the policy takes (0 .. 2^30), else the key is dropped. */
 static bool get_u(json_object *o, const char *k, uint64_t *v)
 {
 	json_object *x;
-	if (!json_object_object_get_ex(o, k, &x))
+	if (!json_object_object_get_ex(o, k, &x) || !json_object_is_type(x, json_type_int))
 		return false;
-	*v = (uint64_t)json_object_get_int64(x);
+	int64_t i = json_object_get_int64(x);
+	if (i < 0 || i > (1ll << 30))
+		return false;
+	*v = (uint64_t)i;
 	return true;
 }
 
-static bool get_d(json_object *o, const char *k, double *v)
+/* A number in (lo, hi], else the key is dropped. */
+static bool get_d(json_object *o, const char *k, double lo, double hi, double *v)
 {
 	json_object *x;
-	if (!json_object_object_get_ex(o, k, &x))
+	if (!json_object_object_get_ex(o, k, &x) ||
+	    (!json_object_is_type(x, json_type_double) && !json_object_is_type(x, json_type_int)))
 		return false;
-	*v = json_object_get_double(x);
+	double d = json_object_get_double(x);
+	if (!(d > lo && d <= hi))
+		return false;
+	*v = d;
 	return true;
 }
 
@@ -328,7 +342,7 @@ static void load_vms(struct md_settings *s, json_object *arr)
 			continue;
 		m->has_min = get_u(v, "min_mib", &m->min_mib);
 		m->has_max = get_u(v, "max_mib", &m->max_mib);
-		m->has_shares = get_d(v, "shares", &m->shares);
+		m->has_shares = get_d(v, "shares", 0, 1e9, &m->shares);
 	}
 }
 
@@ -370,11 +384,11 @@ int md_settings_load(struct md *d)
 	json_object_object_get_ex(o, "vms", &vms);
 	json_object_object_get_ex(o, "vhost_user", &added);
 	const char *goal = h ? get_s(h, "goal") : NULL;
-	if (goal)
+	if (goal && (!strcmp(goal, "floor") || !strcmp(goal, "ratio") || !strcmp(goal, "budget")))
 		snprintf(s->goal, sizeof(s->goal), "%s", goal);
 	if (h) {
 		s->has_floor = get_u(h, "floor_mib", &s->floor_mib);
-		s->has_ratio = get_d(h, "ratio", &s->ratio);
+		s->has_ratio = get_d(h, "ratio", 0.0999, 100, &s->ratio);
 		s->has_budget = get_u(h, "budget_mib", &s->budget_mib);
 	}
 	load_vms(s, vms);

@@ -71,13 +71,15 @@ static void host_scanner(struct md *d, struct mv_policy_host_inputs *h)
 	}
 }
 
-/* VMs that have memory (a running guest) take part; the others wait for it. */
+/* VMs that have memory (a running guest) and a fresh report (at most three periods old:
+ * a link that stops answering polls is not decided on) take part. */
 static unsigned gather(struct md *d, struct mv_policy_vm_inputs *in, struct md_vm **of)
 {
 	unsigned n = 0;
+	uint64_t now = md_now_ns(), stale = 3ull * mv_policy_period_ms(d->pol) * 1000000ull;
 	for (unsigned i = 0; i < MD_MAX_VMS; i++) {
 		struct md_vm *v = &d->vms[i];
-		if (!v->used || !v->r.ram_bytes)
+		if (!v->used || !v->r.ram_bytes || now - v->report_ns > stale)
 			continue;
 		if (!v->attached) {
 			int rc = mv_policy_attach(d->pol, v->r.name, NULL, NULL);

@@ -14,10 +14,8 @@
 /* The agent link of the worker serving a (ours, or one a previous daemon started). */
 static struct md_agent *worker_link(struct md *d, const struct md_added *a)
 {
-	char client[MV_AW_CLIENT];
-	snprintf(client, sizeof(client), "vhost-user %s", a->name); /* names fit: 63 bytes */
 	for (unsigned i = 0; i < MD_MAX_AGENTS; i++)
-		if (d->agents[i].fd >= 0 && d->agents[i].hello && !strcmp(d->agents[i].client, client))
+		if (md_agent_is_worker(d, &d->agents[i], a->name))
 			return &d->agents[i];
 	return NULL;
 }
@@ -50,7 +48,10 @@ void md_workers_check(struct md *d)
 	uint64_t now = md_now_ns();
 	for (unsigned i = 0; !d->o.no_workers && i < d->set.nr_added; i++) {
 		struct md_added *a = &d->set.added[i];
-		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS ||
+		if (worker_link(d, a))
+			a->fails = 0;
+		uint64_t wait = a->fails > 5 ? 30 * RESPAWN_NS : RESPAWN_NS << a->fails;
+		if (a->worker || worker_link(d, a) || now - a->spawn_ns < wait ||
 		    (a->restored && now - d->start_ns < GRACE_NS))
 			continue;
 		spawn(d, a);
@@ -69,6 +70,7 @@ void md_workers_reap(struct md *d)
 			a->worker = 0;
 			if (WIFEXITED(st) && WEXITSTATUS(st) == 3)
 				continue; /* its socket is served by a worker of before */
+			a->fails++;
 			md_log(d, "memvirtd: vm %s: worker %d ended (%s %d)", a->name, (int)pid,
 			       WIFEXITED(st) ? "status" : "signal",
 			       WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
@@ -76,7 +78,8 @@ void md_workers_reap(struct md *d)
 	}
 }
 
-/* SIGTERM to the worker: ours by the pid we started, else the peer of its live link. */
+/* SIGTERM to the worker: ours by the pid we started, else the peer of its live link,
+ * which runs as the daemon's user (md_agent_is_worker): a worker of a daemon before. */
 void md_worker_stop(struct md *d, struct md_added *a)
 {
 	struct md_agent *l = worker_link(d, a);

@@ -197,7 +197,8 @@ static int on_share(struct mv_attach *a, uint64_t micro_cores)
 }
 
 /* The daemon refused something of ours: a VM's name (in use by another process) leaves
- * that VM out of the reports until it is removed and added again. */
+ * that VM out of the reports until it is removed and added again, or the link connects
+ * anew. */
 static void on_refuse(struct mv_attach *a, const struct mv__aw_msg *m)
 {
 	const char *name = m->u.refuse.name;
@@ -208,7 +209,7 @@ static void on_refuse(struct mv_attach *a, const struct mv__aw_msg *m)
 	pthread_mutex_unlock(&a->lock);
 	if (v)
 		att_log(a, MV_LOG_WARN, "attach: the daemon refused VM '%s' (%s: %s); it is left out "
-		        "of the reports until removed and added again", name,
+		        "of the reports until removed and added again or the link connects anew", name,
 		        mv_strerror(m->u.refuse.err), m->u.refuse.why);
 	else
 		att_log(a, MV_LOG_WARN, "attach: the daemon refused a message of type %u (%s): %s",
@@ -289,6 +290,8 @@ static int link_receive(struct mv_attach *a, bool *welcomed)
 	int rd = mv__aw_read(a->sock, &a->rx);
 	long n;
 	while ((n = mv__aw_next(&a->rx, &m, a->blocks)) > 0) {
+		if (atomic_load(&a->stop))
+			return -ECANCELED; /* mv_attach_free() waits: the rest is not for us */
 		int rc = handle(a, &m, welcomed);
 		if (rc)
 			return rc;
@@ -312,6 +315,10 @@ static int link_connect(struct mv_attach *a)
 	}
 	a->sock = fd;
 	a->rx.len = 0;
+	pthread_mutex_lock(&a->lock);
+	for (unsigned i = 0; i < a->nr_vms; i++)
+		a->vms[i].refused = false; /* a name refused before may be free on this daemon */
+	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
 

@@ -138,7 +138,9 @@ int balloon_backend_main(int argc, char **argv)
 		err = vu_serve_new(h, &o, &s);
 	if (err) {
 		fprintf(stderr, "memvirt balloon-backend: %s: %s\n", o.socket, err == -EADDRINUSE
-		        ? "served by another backend already (it holds SOCKET.lock)" : mv_strerror(err));
+		        ? "served by another backend already (it holds SOCKET.lock)" : err == -EEXIST
+		        ? "something else is there (a file, or a socket someone listens on): not replaced"
+		        : mv_strerror(err));
 		mv_host_free(h);
 		return err == -EADDRINUSE ? 3 : 1;
 	}

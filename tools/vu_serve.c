@@ -72,6 +72,12 @@ static int listen_unix(const char *path)
 	if (!lstat(path, &st)) {
 		if (!S_ISSOCK(st.st_mode))
 			return -EEXIST; /* never remove anything but a stale socket */
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		bool live = probe >= 0 && !connect(probe, (struct sockaddr *)&a, sizeof(a));
+		if (probe >= 0)
+			close(probe);
+		if (live)
+			return -EEXIST; /* another service listens there */
 		unlink(path);
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -448,7 +454,7 @@ static int take_lock(struct vu_serve *s)
 	char path[128];
 	if (snprintf(path, sizeof(path), "%s.lock", s->o.socket) >= (int)sizeof(path))
 		return -ENAMETOOLONG;
-	s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	s->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (s->lockfd < 0)
 		return -errno;
 	if (flock(s->lockfd, LOCK_EX | LOCK_NB)) {

@@ -75,7 +75,8 @@ int mv_host_attach(struct mv_host *host, const char *path, const struct mv_attac
  * and balloon are not owned; balloon may be NULL (reported, never reclaimed from).
  * Errors: -EINVAL (bad name, NULL vm), -EEXIST (name added), -ENOSPC (64 VMs per link),
  * -ENOMEM. A name another process already uses on the daemon is refused by the daemon
- * (logged; the VM is left out of the reports until removed and added again).
+ * (logged; the VM is left out of the reports until removed and added again, or until the
+ * link connects anew).
  */
 int mv_attach_add_vm(struct mv_attach *a, const char *name, struct mv_vm *vm,
                      struct mv_balloon *balloon);

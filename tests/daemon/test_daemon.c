@@ -24,6 +24,8 @@
 #include <unistd.h>
 #include <memvirt/memvirt.h>
 #include <memvirt/attach.h>
+#include <poll.h>
+#include "attach_wire.h"
 #include "uml.h"
 #include "workload.h"
 #include "testutil.h"
@@ -309,6 +311,33 @@ static void no_oom(struct mv_uml *g, const char *name)
 	assert_int_equal(st, 1); /* grep found nothing */
 }
 
+/* SIGKILL the workers f's daemon started (their pids from its log, each checked to serve a
+ * socket in f's directory), for a test that ended before `vm remove`. */
+static void kill_workers(struct fx *f)
+{
+	FILE *l = fopen(f->log, "r");
+	char line[512];
+	while (l && fgets(line, sizeof(line), l)) {
+		const char *at = strstr(line, ": worker ");
+		int pid;
+		if (!at || sscanf(at, ": worker %d serves", &pid) != 1 || pid <= 1)
+			continue;
+		char path[64], cmd[1024] = "";
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", pid);
+		FILE *c = fopen(path, "r");
+		size_t n = c ? fread(cmd, 1, sizeof(cmd) - 1, c) : 0;
+		if (c)
+			fclose(c);
+		for (size_t i = 0; i < n; i++)
+			cmd[i] = cmd[i] ? cmd[i] : ' ';
+		cmd[n] = 0;
+		if (strstr(cmd, "balloon-backend") && strstr(cmd, f->dir))
+			kill(pid, SIGKILL);
+	}
+	if (l)
+		fclose(l);
+}
+
 static int skip_without_uml(void)
 {
 	const char *why = mv_uml_unavailable();
@@ -331,11 +360,30 @@ static int skip_without_uml(void)
  * memory; a guest killed leaves status and moves nothing; the daemon restarted keeps the
  * settings and serves the same VMs again.
  */
+static struct world w;
+
+/* Whatever the test left: guests, the simulated VM, workers, the daemon, the directory. */
+static int world_teardown(void **state)
+{
+	mv_attach_free(w.link);
+	mvw_guest_free(w.sim);
+	mv_host_free(w.h);
+	for (int i = 0; i < NR_UML; i++)
+		mv_uml_kill(w.g[i]);
+	if (w.f.dir[0]) {
+		kill_workers(&w.f);
+		if (w.f.daemon > 0)
+			kill(w.f.daemon, SIGKILL), waitpid(w.f.daemon, NULL, 0);
+		fx_cleanup(&w.f);
+	}
+	memset(&w, 0, sizeof(w));
+	return 0;
+}
+
 static void budget_shrinks_idle_guests_give_first(void **state)
 {
 	if (skip_without_uml())
 		skip();
-	static struct world w;
 	memset(&w, 0, sizeof(w));
 	fx_init(&w.f, POLICY);
 	char prom[160];
@@ -447,13 +495,13 @@ static void budget_shrinks_idle_guests_give_first(void **state)
 	assert_int_equal(vm_u(s, "idle-b", "balloon.actual_bytes"), before[1]);
 	json_object_put(s);
 
-	/* clean up: the workers go with `vm remove`, the link with mv_attach_free() */
+	/* the workers go with `vm remove` (the rest in world_teardown) */
 	mv_attach_free(w.link);
-	mvw_guest_free(w.sim);
-	mv_host_free(w.h);
+	w.link = NULL;
 	for (int i = 0; i < NR_UML; i++) {
 		if (w.g[i])
 			assert_int_equal(mv_uml_kill(w.g[i]), 0);
+		w.g[i] = NULL;
 		ok("vm remove %s", uml_names[i]);
 	}
 	for (int i = 0; i < NR_UML; i++) {
@@ -467,7 +515,6 @@ static void budget_shrinks_idle_guests_give_first(void **state)
 		close(fd);
 	}
 	daemon_stop(&w.f);
-	fx_cleanup(&w.f);
 }
 
 /* Bad input names what is wrong and changes nothing; settings persist in the state file. */
@@ -576,13 +623,156 @@ static void foreign_client_refused(void **state)
 	fx_cleanup(&f);
 }
 
+static int listen_at(const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	assert_true(strlen(path) < sizeof(a.sun_path));
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 4), 0);
+	return fd;
+}
+
+static bool log_has(struct fx *f, const char *what)
+{
+	static char log[1 << 16];
+	FILE *l = fopen(f->log, "r");
+	size_t n = l ? fread(log, 1, sizeof(log) - 1, l) : 0;
+	log[n] = 0;
+	if (l)
+		fclose(l);
+	return strstr(log, what) != NULL;
+}
+
+static bool wait_log(struct fx *f, const char *what, double timeout)
+{
+	for (double end = now_s() + timeout; now_s() < end; usleep(50000))
+		if (log_has(f, what))
+			return true;
+	return false;
+}
+
+/* `vm add` never takes over what is at the socket's path: a socket another service
+ * listens on stays theirs, and a lock file that is a symlink is not followed. */
+static void vm_add_replaces_nothing(void **state)
+{
+	struct fx f;
+	fx_init(&f, POLICY);
+	daemon_start(&f, NULL);
+	char live[160], other[160], target[160], lock[170];
+	snprintf(live, sizeof(live), "%s/live.sock", f.dir);
+	snprintf(other, sizeof(other), "%s/other.sock", f.dir);
+	snprintf(target, sizeof(target), "%s/created-by-the-worker", f.dir);
+	snprintf(lock, sizeof(lock), "%s.lock", other);
+	int lfd = listen_at(live);
+	struct stat before, after;
+	assert_int_equal(stat(live, &before), 0);
+	assert_int_equal(symlink(target, lock), 0);
+	ok("vm add live %s", live);
+	ok("vm add other %s", other);
+	assert_true(wait_log(&f, "worker", 5));
+	sleep(2); /* the workers tried (and the daemon retries later) */
+	assert_int_equal(stat(live, &after), 0);
+	assert_int_equal(before.st_ino, after.st_ino);   /* the service's socket is untouched */
+	assert_int_equal(access(target, F_OK), -1);       /* nothing created through the link */
+	assert_true(log_has(&f, "something else is there"));
+	ok("vm remove live");
+	ok("vm remove other");
+	close(lfd);
+	daemon_stop(&f);
+	kill_workers(&f);
+	fx_cleanup(&f);
+}
+
+/* Settings saved against one config file, then the file edited so they conflict: the
+ * daemon still starts, runs the file alone, says so, and keeps the settings. */
+static void conflicting_config_still_starts(void **state)
+{
+	struct fx f;
+	fx_init(&f, POLICY "[vm web]\nmax_mib = 4096\n");
+	daemon_start(&f, NULL);
+	ok("set web min=2G");
+	daemon_stop(&f);
+	FILE *c = fopen(f.conf, "w");
+	assert_non_null(c);
+	fputs(POLICY "[vm web]\nmax_mib = 1024\n", c);
+	fclose(c);
+	daemon_start(&f, NULL);
+	char out[4096];
+	assert_int_equal(run(out, sizeof(out), "status"), 0);
+	assert_true(log_has(&f, "the admin's settings conflict with"));
+	int rc = run(out, sizeof(out), "set web shares=10"); /* still conflicting: said so */
+	assert_int_not_equal(rc, 0);
+	assert_non_null(strstr(out, "min_mib"));
+	ok("set web min=512M");                              /* corrected */
+	char path[160];
+	snprintf(path, sizeof(path), "%s/state.json", f.state);
+	json_object *st = json_object_from_file(path);
+	assert_int_equal(json_object_get_int64(at(json_object_array_get_idx(at(st, "vms"), 0),
+	                                          "min_mib")), 512);
+	json_object_put(st);
+	daemon_stop(&f);
+	fx_cleanup(&f);
+}
+
+/* A raw agent: a VM name the policy could not take is refused; a link that never says
+ * HELLO is closed. */
+static void hostile_agent(void **state)
+{
+	struct fx f;
+	fx_init(&f, POLICY);
+	daemon_start(&f, NULL);
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	assert_true(strlen(f.agent) < sizeof(a.sun_path));
+	memcpy(a.sun_path, f.agent, strlen(f.agent) + 1);
+	int silent = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_int_equal(connect(silent, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	static struct mv__aw_vm vms[MV_AW_MAX_VMS];
+	struct mv__aw_msg m = { .type = MV_AW_HELLO, .u.hello = { .pid = 1, .client = "raw" } };
+	assert_int_equal(mv__aw_send(fd, &m, 1000), 0);
+	m = (struct mv__aw_msg){ .type = MV_AW_REPORT, .vms = vms, .u.report.nr_vms = 1 };
+	snprintf(vms[0].name, sizeof(vms[0].name), "a b");
+	vms[0].ram_bytes = 64 << 20;
+	assert_int_equal(mv__aw_send(fd, &m, 1000), 0);
+	static struct mv__aw_rx rx;
+	bool refused = false;
+	for (double end = now_s() + 5; !refused && now_s() < end;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		assert_int_equal(mv__aw_read(fd, &rx), 0);
+		long n;
+		while (!refused && (n = mv__aw_next(&rx, &m, vms)) > 0)
+			refused = m.type == MV_AW_REFUSE && !strcmp(m.u.refuse.name, "a b") &&
+			          m.u.refuse.err == -EINVAL;
+	}
+	assert_true(refused);
+	char out[4096];
+	assert_int_equal(run(out, sizeof(out), "status --json"), 0);
+	assert_null(strstr(out, "\"a b\""));
+	char buf[64];
+	assert_true(wait_log(&f, "no HELLO within 5 s", 10));
+	assert_int_equal(recv(silent, buf, sizeof(buf), 0), 0); /* closed */
+	close(silent);
+	close(fd);
+	daemon_stop(&f);
+	fx_cleanup(&f);
+}
+
 int main(void)
 {
 	find_cli();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(bad_input_changes_nothing),
 		cmocka_unit_test(foreign_client_refused),
-		cmocka_unit_test(budget_shrinks_idle_guests_give_first),
+		cmocka_unit_test(vm_add_replaces_nothing),
+		cmocka_unit_test(conflicting_config_still_starts),
+		cmocka_unit_test(hostile_agent),
+		cmocka_unit_test_teardown(budget_shrinks_idle_guests_give_first, world_teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

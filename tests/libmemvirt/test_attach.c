@@ -674,15 +674,21 @@ static void daemon_refuses_name(void **state)
 	assert_true(atomic_load(&f->warnings) > warned);
 	d_target(f, "alpha", 4 * MiB); /* not under the daemon now */
 	d_expect_refuse(f, MV_AW_SET_TARGET, -ENOENT, "alpha");
-	d_stop(f); /* still left out after a reconnect */
+	d_stop(f); /* a new connection tries the name again: it may be free there */
 	wait_disconnected(f);
 	d_listen(f);
 	d_accept(f, &m);
 	d_poll(f, 2, &m);
+	check_report(f, &m, BOTH, 2, true);
+	m = (struct mv__aw_msg){ .type = MV_AW_REFUSE, .u.refuse = { .type = MV_AW_REPORT, .err = -EEXIST } };
+	strcpy(m.u.refuse.name, "alpha");
+	strcpy(m.u.refuse.why, "another VMM uses that name");
+	d_send(f, &m);
+	d_poll(f, 3, &m);
 	check_report(f, &m, beta, 1, true);
 	assert_int_equal(mv_attach_remove_vm(f->a, "alpha"), 0);
 	assert_int_equal(mv_attach_add_vm(f->a, "alpha", f->vm[0], f->b), 0);
-	d_poll(f, 3, &m);
+	d_poll(f, 4, &m);
 	const char *both[] = { "beta", "alpha" };
 	check_report(f, &m, both, 2, true);
 }
