@@ -545,6 +545,18 @@ static void bad_input_changes_nothing(void **state)
 		assert_int_not_equal(rc, 0);
 		assert_non_null(strstr(out, bad[i].says));
 	}
+	/* the views: top refreshes, explain --follow renders the decisions as they come */
+	assert_int_equal(run(out, sizeof(out), "top --iterations 2 --interval-ms 100"), 0);
+	assert_non_null(strstr(out, "memvirt top"));
+	assert_non_null(strstr(out, "goal budget"));
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof(cmd), "timeout 2 %s explain --follow", cli);
+	FILE *p = popen(cmd, "r");
+	size_t n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = 0;
+	pclose(p);
+	assert_non_null(strstr(out, "] host: "));           /* a rendered host record */
+	assert_non_null(strstr(out, "why: "));
 	daemon_stop(&f);
 	daemon_start(&f, NULL);
 	assert_int_equal(run(out, sizeof(out), "status --json"), 0);
