@@ -95,9 +95,17 @@ static void daemon_start(struct fx *f, const char *extra)
 	assert_int_equal(stat(f->control, &st), 0);
 }
 
-/* The test's directory and everything in it (a mkdtemp path: no quoting needed). */
+static bool log_has(struct fx *f, const char *what);
+
+/* The test's directory and everything in it (a mkdtemp path: no quoting needed), once
+ * the log of the daemon and its workers shows no sanitizer report (ASan, TSan builds). */
 static void fx_cleanup(struct fx *f)
 {
+	static const char *const bad[] = { "AddressSanitizer", "LeakSanitizer", "ThreadSanitizer",
+	                                   "runtime error" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (log_has(f, bad[i]))
+			fail_msg("%s in %s", bad[i], f->log);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
 	assert_int_equal(system(cmd), 0);
