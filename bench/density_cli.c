@@ -39,7 +39,7 @@ static void usage(FILE *f)
 	        "                     the simulated figures of the same size (density-uml.csv/.png)\n"
 	        "  --guest-mib N      uml: guest RAM (default: the profile's RAM x scale, 256 MiB)\n"
 	        "  --max-time S       uml: bound on each configuration's run (default 600)\n"
-	        "  uml defaults: --max-guests 8, --configs none,balloon\n",
+	        "  uml defaults: --max-guests 12, --configs none,balloon\n",
 	        DENSITY_MAX_GUESTS);
 }
 
@@ -114,7 +114,7 @@ static int parse(int argc, char **argv, struct density_opts *o)
 	if (err)
 		return err;
 	if (o->uml && !max_given)
-		o->max_guests = 8;
+		o->max_guests = 12; /* enough for 256 MiB balloon guests to reach 1024 MiB */
 	if (!configs)
 		configs = o->uml ? "none,balloon" : "none,balloon,sharing,both,ksm";
 	if (!(o->profile = mvw_profile_find(profile))) {

@@ -82,6 +82,15 @@ unsigned density_uml_min_mib(const struct density_opts *o)
 	return ws_mib(o) + DENSITY_UML_ROOM_MIB;
 }
 
+/* SIGINT, SIGTERM, SIGHUP in the run's child: stop adding guests, tear down what was
+ * started, report what was measured. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	interrupted = sig;
+}
+
 /* Say why the run failed (the first reason stays); returns err. */
 static int fail(struct urun *r, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int fail(struct urun *r, int err, const char *fmt, ...)
@@ -405,7 +414,7 @@ static double settle(struct urun *r, struct balloons *bo)
 	unsigned steady = 0, need = o->period_ms ? 3000 / o->period_ms : 12;
 	struct balloons b = { 0 };
 	need = need < 4 ? 4 : need;
-	while (bench_now_s() - t0 < o->settle_max_s && bench_now_s() < r->t_end) {
+	while (bench_now_s() - t0 < o->settle_max_s && bench_now_s() < r->t_end && !interrupted) {
 		meminfo_write(r);
 		nanosleep(&(struct timespec){ 0, (long)o->period_ms * 1000000 }, NULL);
 		double h = host_mib(r);
@@ -476,6 +485,8 @@ static void teardown(struct urun *r)
 static void run_config(const struct density_opts *o, enum density_config c, struct density_result *res)
 {
 	struct urun r = { .o = o, .c = c, .res = res };
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGINT, &sa, NULL), sigaction(SIGTERM, &sa, NULL), sigaction(SIGHUP, &sa, NULL);
 	double t0 = bench_now_s();
 	r.t_end = t0 + o->run_max_s;
 	res->stop = DS_MAX;
@@ -483,6 +494,10 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 	if (!err && c == DC_BALLOON)
 		err = daemon_start(&r);
 	while (!err && r.n < o->max_guests) {
+		if (interrupted) {
+			err = fail(&r, -EINTR, "interrupted by signal %d", (int)interrupted);
+			break;
+		}
 		if (bench_now_s() > r.t_end) {
 			res->stop = DS_TIME;
 			break;

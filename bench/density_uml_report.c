@@ -106,7 +106,8 @@ static void print_table(const struct density_opts *o, const struct pair *p)
 	if (p[0].on && p[1].on)
 		printf("\nballoon / none: real %.2fx, simulated %.2fx\n",
 		       ratio(p[1].uml.guests, p[0].uml.guests), ratio(p[1].sim.guests, p[0].sim.guests));
-	printf("\nreal: host MiB = the guests' RAM files' resident pages; sim: the simulation's PSS.\n"
+	printf("\nreal: host MiB = the guests' RAM files' resident pages, reported = freed pages the guests\n"
+	       "reported (free page reporting, cumulative); sim: host MiB = the simulation's PSS.\n"
 	       "wrote %s/density-uml.csv, %s/density-uml.png, daemon-uml.log, decisions-uml-balloon.jsonl\n",
 	       o->out_dir, o->out_dir);
 }
@@ -211,6 +212,7 @@ int density_uml_main(struct density_opts *o)
 		return 77;
 	}
 	uml_configs_only(o);
+	o->quiet = false; /* the progress lines go to stderr, a JSON report to stdout */
 	if (!o->configs[DC_NONE] && !o->configs[DC_BALLOON]) {
 		fprintf(stderr, "memvirt density --guests uml: nothing to run (--configs none,balloon)\n");
 		return 2;
