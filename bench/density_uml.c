@@ -511,7 +511,7 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 		if (!o->quiet && !isatty(2))
 			fprintf(stderr, "  uml %-8s guest %2u: host %7.0f MiB of %llu, balloons %.0f MiB (%.1f s)\n",
 			        density_config_names[c], r.n, h, (unsigned long long)o->budget_mib,
-			        res->balloon_mib, bench_now_s() - t);
+			        b.actual, bench_now_s() - t);
 		res->series[r.n - 1] = h;
 		res->steps = r.n;
 		if (h > (double)o->budget_mib || ooms) {
