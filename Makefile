@@ -112,7 +112,7 @@ help:
 	@echo "make asan|tsan  build and test with ASan+UBSan / TSan (into build/asan, build/tsan)"
 	@echo "make fuzz       fuzz the balloon device as a hostile guest, its vhost-user backend as a hostile"
 	@echo "                frontend and the agent protocol's decoder (clang; FUZZ_TIME=180 s shared,"
-	@echo "                FUZZ_TARGET=balloon|vhost_user|attach)"
+	@echo "                FUZZ_TARGET=balloon|vhost_user|attach|control); memvirtd's control commands"
 	@echo "options: V=1 (show commands), WERROR=0, CFLAGS=..., PREFIX=..., DESTDIR=..., SYSTEMDDIR=..."
 
 deps:

@@ -22,7 +22,7 @@ static char *error(const char *fmt, ...)
 	json_object *o = json_object_new_object();
 	json_object_object_add(o, "v", json_object_new_int(1));
 	json_object_object_add(o, "error", json_object_new_string(msg));
-	char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
 	return s;
 }
@@ -132,7 +132,7 @@ char *md_status_json(struct md *d)
 	pthread_mutex_unlock(&d->snap_lock);
 	json_object_object_add(o, "vms", vms);
 	json_object_object_add(o, "waiting", w);
-	char *txt = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	char *txt = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
 	return txt;
 }

@@ -64,6 +64,8 @@ struct md_added {
 	char socket[108];
 	pid_t worker;                 /* our child serving it, 0: none */
 	uint64_t spawn_ns;            /* last start of a worker */
+	bool restored;                /* from the state file: its worker may be alive, give it
+	                                 time to link before starting another */
 };
 
 /* The admin's settings (persisted in STATE_DIR/state.json). */
@@ -101,6 +103,7 @@ struct md_opts {
 	const char *textfile;         /* node_exporter textfile or NULL */
 	const char *self;             /* the memvirt binary, for workers */
 	const char *meminfo, *psi;    /* host input files, NULL = /proc */
+	bool no_workers;              /* start no worker process (the control fuzzer) */
 	FILE *log;
 };
 

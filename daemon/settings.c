@@ -278,7 +278,7 @@ int md_settings_save(struct md *d)
 	char path[512], tmp[520];
 	snprintf(path, sizeof(path), "%s/state.json", d->o.state_dir);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+	const char *txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
 	int rc = 0, fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	size_t len = strlen(txt);
 	if (fd < 0 || write(fd, txt, len) != (ssize_t)len || write(fd, "\n", 1) != 1 || fsync(fd))
@@ -344,6 +344,7 @@ static void load_added(struct md_settings *s, json_object *arr)
 		memset(a, 0, sizeof(*a));
 		snprintf(a->name, sizeof(a->name), "%s", name);
 		snprintf(a->socket, sizeof(a->socket), "%s", sock);
+		a->restored = true;
 	}
 }
 

@@ -16,7 +16,7 @@
 struct md_vm_view {
 	char name[MD_NAME];
 	char source[16];              /* "vhost-user" or "agent" */
-	char client[32];              /* the reporting process's name (agent HELLO) */
+	char client[80];              /* the reporting process's name (agent HELLO) */
 	uint64_t ram_bytes;
 	bool has_balloon;
 	struct mv_balloon_info balloon;

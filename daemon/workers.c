@@ -9,13 +9,13 @@
 #include <unistd.h>
 
 #define RESPAWN_NS (2ull * 1000000000ull)
+#define GRACE_NS   (3ull * 1000000000ull) /* a worker of before links within its retry_ms */
 
 /* The agent link of the worker serving a (ours, or one a previous daemon started). */
 static struct md_agent *worker_link(struct md *d, const struct md_added *a)
 {
-	char client[MV_AW_CLIENT + MD_NAME];
-	snprintf(client, sizeof(client), "vhost-user %s", a->name);
-	client[MV_AW_CLIENT - 1] = 0; /* as the worker's HELLO carries it */
+	char client[MV_AW_CLIENT];
+	snprintf(client, sizeof(client), "vhost-user %s", a->name); /* names fit: 63 bytes */
 	for (unsigned i = 0; i < MD_MAX_AGENTS; i++)
 		if (d->agents[i].fd >= 0 && d->agents[i].hello && !strcmp(d->agents[i].client, client))
 			return &d->agents[i];
@@ -48,9 +48,10 @@ static void spawn(struct md *d, struct md_added *a)
 void md_workers_check(struct md *d)
 {
 	uint64_t now = md_now_ns();
-	for (unsigned i = 0; i < d->set.nr_added; i++) {
+	for (unsigned i = 0; !d->o.no_workers && i < d->set.nr_added; i++) {
 		struct md_added *a = &d->set.added[i];
-		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS)
+		if (a->worker || worker_link(d, a) || now - a->spawn_ns < RESPAWN_NS ||
+		    (a->restored && now - d->start_ns < GRACE_NS))
 			continue;
 		spawn(d, a);
 	}

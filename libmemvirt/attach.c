@@ -119,9 +119,13 @@ static int on_poll(struct mv_attach *a, uint64_t seq)
 	r.u.report.seq = seq;
 	pthread_mutex_lock(&a->lock);
 	r.u.report.scanner_valid = a->host && !mv_host_stats(a->host, &r.u.report.scanner);
-	for (unsigned i = 0; i < a->nr_vms; i++)
-		if (!a->vms[i].refused)
-			vm_block(a, &a->vms[i], &a->blocks[r.u.report.nr_vms++]);
+	for (unsigned i = 0; i < a->nr_vms; i++) {
+		if (a->vms[i].refused)
+			continue;
+		vm_block(a, &a->vms[i], &a->blocks[r.u.report.nr_vms++]);
+		if (a->vms[i].balloon) /* fresh guest statistics for the next poll */
+			mv_balloon_stats_request(a->vms[i].balloon);
+	}
 	a->info.polls++;
 	pthread_mutex_unlock(&a->lock);
 	if (!r.u.report.scanner_valid)

@@ -20,7 +20,7 @@
  * u64; the scanner share travels as u64 micro-cores.
  *
  *   type               dir    payload
- *   HELLO        1    a->d   u32 pid, char client[32]
+ *   HELLO        1    a->d   u32 pid, char client[80]
  *   WELCOME      2    d->a   u32 period_ms (how often polls will come)
  *   POLL         3    d->a   u64 seq
  *   REPORT       4    a->d   u64 seq (of the poll answered), host scanner block, u32 nr_vms
@@ -44,7 +44,7 @@
 #define MV_AW_VERSION     1
 #define MV_AW_HDR         12
 #define MV_AW_NAME        64
-#define MV_AW_CLIENT      32
+#define MV_AW_CLIENT      80
 #define MV_AW_WHY         96
 #define MV_AW_MAX_VMS     64
 #define MV_AW_MAX_PAYLOAD (1u << 16)

@@ -7,6 +7,12 @@
  * another VM. Ties go to the VM whose name sorts first, so the outcome depends on nothing
  * but the inputs.
  *
+ * Only the hard limits (min_mib, max_mib, an empty balloon) pass a quantum on to the next
+ * VM in line. The rate limits (max_step_mib, the lead over what the guest reached) only
+ * slow a VM down: what they hold back this period is left unplaced, and the next period
+ * places it again from where the balloons are. So the VMs end where their shares put them,
+ * however fast each may move.
+ *
  * The scanner's share moves multiplicatively (x2, /2) between scanner_min_cpu and
  * scanner_max_cpu and rests at scanner_cpu when the host is calm. "Saved" is pages_sharing +
  * pages_zero of the host: a COW break lowers it, so saved not rising while COW breaks happen
@@ -28,27 +34,47 @@ void mv__work_rho(const struct mv__pcfg *c, struct mv__work *w)
 	w->rho = mv__policy_rho(w->vc.shares, granted, active, c->tau);
 }
 
-/* Bytes the VM may move this period in the direction asked, and what bounds that. */
-static uint64_t room_for(struct mv__work *w, bool reclaim)
+/* Bytes the VM may move in the direction asked within its hard limits (room) and this
+ * period (step_room), and what bounds each. */
+static void room_for(struct mv__work *w, bool reclaim)
 {
 	uint64_t t = w->target;
 	if (reclaim) {
 		uint64_t hi = w->ram > w->vc.min_bytes ? w->ram - w->vc.min_bytes : 0;
 		uint64_t by_step = t + w->step_allow;
 		uint64_t lead = (w->actual < t ? w->actual : t) + w->step_allow;
-		uint64_t lim = hi;
+		uint64_t soft = by_step < lead ? by_step : lead;
 		w->room_cap = "min_mib";
-		if (by_step < lim)
-			lim = by_step, w->room_cap = "rate_limit";
-		if (lead < lim)
-			lim = lead, w->room_cap = "lead";
-		return lim > t ? lim - t : 0;
+		w->step_cap = lead < by_step ? "lead" : "rate_limit";
+		w->room = hi > t ? hi - t : 0;
+		w->step_room = soft > t ? soft - t : 0;
+		return;
 	}
 	uint64_t lo = w->vc.max_bytes && w->ram > w->vc.max_bytes ? w->ram - w->vc.max_bytes : 0;
 	uint64_t by_step = t > w->step_allow ? t - w->step_allow : 0;
-	w->room_cap = by_step > lo ? "rate_limit" : t && lo ? "max_mib" : "balloon_empty";
-	uint64_t lim = by_step > lo ? by_step : lo;
-	return t > lim ? t - lim : 0;
+	w->room_cap = t && lo ? "max_mib" : "balloon_empty";
+	w->step_cap = "rate_limit";
+	w->room = t > lo ? t - lo : 0;
+	w->step_room = t > by_step ? t - by_step : 0;
+}
+
+/* What the rate limits hold back of each VM's part: left unplaced, for the next period. */
+static uint64_t hold_back(const struct mv__pcfg *c, struct mv__work *w, unsigned n, bool reclaim)
+{
+	uint64_t held = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct mv__work *v = &w[i];
+		uint64_t moved = reclaim ? v->new_target - v->target : v->target - v->new_target;
+		if (!v->eligible || moved <= v->step_room)
+			continue;
+		held += moved - v->step_room;
+		v->new_target = reclaim ? v->target + v->step_room : v->target - v->step_room;
+		v->cap = v->step_cap;
+		if (v->new_target == v->target)
+			v->rule = NULL; /* it did not move: a hold, capped */
+		mv__work_rho(c, v);
+	}
+	return held;
 }
 
 static bool better(const struct mv__work *a, const struct mv__work *b, bool reclaim)
@@ -90,8 +116,11 @@ uint64_t mv__alloc_shares(const struct mv__pcfg *c, struct mv__work *w, unsigned
 {
 	amount = reclaim ? (amount + MV_POL_PAGE - 1) & ~(MV_POL_PAGE - 1) : amount & ~(MV_POL_PAGE - 1);
 	uint64_t q0 = quantum_for(amount);
-	for (unsigned i = 0; i < n; i++)
-		w[i].room = w[i].eligible ? room_for(&w[i], reclaim) : 0;
+	for (unsigned i = 0; i < n; i++) {
+		w[i].room = 0;
+		if (w[i].eligible)
+			room_for(&w[i], reclaim);
+	}
 	while (amount) {
 		struct mv__work *v = pick(w, n, reclaim);
 		if (!v)
@@ -108,7 +137,7 @@ uint64_t mv__alloc_shares(const struct mv__pcfg *c, struct mv__work *w, unsigned
 	}
 	if (amount)
 		mark_capped(w, n, reclaim);
-	return amount;
+	return amount + hold_back(c, w, n, reclaim);
 }
 
 /* ---- the scanner's CPU share ---- */

@@ -131,8 +131,11 @@ struct mv__work {
 	bool guarded;                      /* a guard rule fixed the target */
 	bool eligible;                     /* has a balloon and no guard fired */
 	const char *no_reclaim;            /* why it is left out of reclaim, or NULL */
-	uint64_t room;                     /* share allocation: bytes it may still move */
+	uint64_t room;                     /* share allocation: bytes it may still move within
+	                                      its min/max (the hard limits) */
 	const char *room_cap;              /* what bounds room */
+	uint64_t step_room;                /* of those, this period (rate limit, lead) */
+	const char *step_cap;              /* what bounds step_room */
 	const char *rule, *cap;
 };
 

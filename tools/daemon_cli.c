@@ -168,7 +168,7 @@ static int one(const char *path, int n, char **words, bool json, bool table)
 	if (e)
 		fprintf(stderr, "memvirt %s: %s\n", words[0], e);
 	else if (json)
-		printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY));
+		printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 	else if (table)
 		render_status(stdout, o);
 	else

@@ -24,7 +24,8 @@ extern "C" {
  *   balloon targets, scanner CPU share       <-- decisions, applied here at once
  *
  * The link has a thread of its own: it connects to the daemon's agent socket, answers the
- * daemon's polls with a report of every VM added, applies the targets
+ * daemon's polls with a report of every VM added (and asks each balloon's guest for
+ * fresh statistics, mv_balloon_stats_request(), for the next poll), applies the targets
  * (mv_balloon_set_target()) and the scanner share (mv_host_set_cpu_share()) it receives,
  * and when the daemon goes away (restart, crash) connects again every retry_ms, sending
  * its VMs again, as they are then. The daemon forgets this process's VMs when the
@@ -47,7 +48,7 @@ struct mv_attach;
 struct mv_attach_config {
 	size_t size;            /* sizeof(struct mv_attach_config); set by mv_attach_config_init() */
 	const char *client;     /* a name for this process in the daemon's status (copied,
-	                           at most 31 bytes); NULL = "pid N" */
+	                           at most 79 bytes); NULL = "pid N" */
 	unsigned retry_ms;      /* while the daemon is away, try to connect this often;
 	                           default 1000, at least 10 */
 	mv_log_fn log;          /* connects, disconnects, refused messages; NULL = silent */

@@ -3,9 +3,9 @@
 #define MEMVIRT_MEMVIRT_H
 
 #define MV_VERSION_MAJOR 0
-#define MV_VERSION_MINOR 2
+#define MV_VERSION_MINOR 3
 #define MV_VERSION_PATCH 0
-#define MV_VERSION_STRING "0.2.0"
+#define MV_VERSION_STRING "0.3.0"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,14 +1,15 @@
 # fuzz.mk - `make fuzz`: libFuzzer against the virtio-balloon device, playing a hostile
 # guest (tests/fuzz/fuzz_balloon.c), against its vhost-user backend, playing a hostile
 # frontend (tests/fuzz/fuzz_vhost_user.c), and against the agent protocol's decoder, fed
-# the bytes of a hostile daemon or agent (tests/fuzz/fuzz_attach.c). Included by the
+# the bytes of a hostile daemon or agent (tests/fuzz/fuzz_attach.c), and against
+# memvirtd's control commands (tests/fuzz/fuzz_control.c). Included by the
 # Makefile, after LIB_SRC and LDLIBS_LIB.
 #
 #   make fuzz                    build, then fuzz each harness in turn, FUZZ_TIME seconds
 #                                (default 180) shared between them
 #   make fuzz FUZZ_TARGET=vhost_user FUZZ_TIME=600 FUZZ_ARGS="-jobs=1 -workers=1"
 #
-# FUZZ_TARGET names the harnesses to run: balloon, vhost_user, attach (default all three).
+# FUZZ_TARGET names the harnesses to run: balloon, vhost_user, attach, control (default all).
 # The library and the harnesses are built with clang -fsanitize=fuzzer,address,undefined
 # into build/fuzz/. The tracked seeds (tests/fuzz/corpus, tests/fuzz/corpus-vhost-user,
 # tests/fuzz/corpus-attach) are copied to build/fuzz/, where the fuzzer keeps what it
@@ -20,7 +21,7 @@
 
 FUZZ_TIME  ?= 180
 FUZZ_ARGS  ?=
-FUZZ_TARGET ?= balloon vhost_user attach
+FUZZ_TARGET ?= balloon vhost_user attach control
 FUZZ_CC    ?= clang
 FUZZ_DEBS  := clang libclang-rt-dev
 FUZZ_B     := build/fuzz
@@ -61,6 +62,20 @@ fuzz_corpus_vhost_user := corpus-vhost-user
 fuzz_args_vhost_user   := -max_len=8192 -timeout=20
 fuzz_corpus_attach     := corpus-attach
 fuzz_args_attach       := -max_len=32768
+fuzz_corpus_control    := corpus-control
+fuzz_args_control      := -max_len=4096 -timeout=20
+
+# The control harness runs memvirtd's command core (daemon/, all but main.c and the
+# metrics endpoint).
+FUZZ_DAEMON_SRC := $(filter-out daemon/main.c daemon/metrics.c,$(wildcard daemon/*.c))
+FUZZ_DAEMON_OBJ := $(FUZZ_DAEMON_SRC:%.c=$(FUZZ_B)/obj/%.o)
+$(FUZZ_DAEMON_OBJ): $(FUZZ_B)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (fuzz)"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -MMD -MP -c $< -o $@
+$(FUZZ_B)/fuzz_control: tests/fuzz/fuzz_control.c $(FUZZ_OBJ) $(FUZZ_DAEMON_OBJ)
+	@echo "  LD    $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) $(FUZZ_SAN) -o $@ $< $(FUZZ_DAEMON_OBJ) $(FUZZ_OBJ) $(LDLIBS_LIB)
 
 fuzz: fuzz-build
 	$(Q)mkdir -p $(FUZZ_B)/artifacts
@@ -77,4 +92,6 @@ fuzz: fuzz-build
 $(B)/tests/fuzz/test_fuzz_regressions: tests/fuzz/fuzz_balloon.c tests/fuzz/replay.h
 $(B)/tests/fuzz/test_fuzz_vhost_user: tests/fuzz/fuzz_vhost_user.c tests/fuzz/replay.h
 $(B)/tests/fuzz/test_fuzz_attach: tests/fuzz/fuzz_attach.c tests/fuzz/replay.h
+$(B)/tests/fuzz/test_fuzz_control: tests/fuzz/fuzz_control.c tests/fuzz/replay.h $(FUZZ_DAEMON_SRC:%.c=$(B)/obj/%.o)
+$(B)/tests/fuzz/test_fuzz_control: TEST_EXTRA := $(FUZZ_DAEMON_SRC:%.c=$(B)/obj/%.o)
 $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/conformance/test_*.c)): $(wildcard tests/conformance/*.h)

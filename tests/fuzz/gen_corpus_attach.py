@@ -17,7 +17,7 @@ import sys
 
 MAGIC, VERSION = 0x4741564d, 1
 HELLO, WELCOME, POLL, REPORT, SET_TARGET, SET_SHARE, REFUSE = range(1, 8)
-NAME, CLIENT, WHY = 64, 32, 96
+NAME, CLIENT, WHY = 64, 80, 96
 SCAN_U64 = 17          # the counters of struct mv_scan_stats
 BALLOON_U64 = 14 + 16  # target .. stats_age_ns, then stats[16]
 

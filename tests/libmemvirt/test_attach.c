@@ -724,7 +724,7 @@ static void api_errors(void **state)
 	c.retry_ms = 9;
 	assert_int_equal(mv_host_attach(f->h, f->path, &c, &a), -EINVAL);
 	mv_attach_config_init(&c);
-	c.client = "a client name of thirty-two chars";
+	c.client = "a client name of eighty characters, one more than the seventy-nine that fit, ok!";
 	assert_int_equal(mv_host_attach(f->h, f->path, &c, &a), -EINVAL);
 	mv_attach_config_init(&c);
 	c.size--;

@@ -473,6 +473,30 @@ static void goals(void **state)
 	fx_free(f);
 }
 
+/* A rate limit slows the VM whose turn it is; it does not hand its part to the next VM in
+ * line: a cut of 48 MiB with steps of 16 MiB comes from the idle VM alone, in three
+ * periods, and the busy VM keeps all it has. */
+static void rate_limit_does_not_redirect(void **state)
+{
+	struct fx *f = fx_new("[host]\ngoal = budget\nbudget_mib = 976\nband_mib = 0\n"
+	                      "max_step_mib = 16\n[vm idle]\nmin_mib = 0\n[vm busy]\nmin_mib = 0\n");
+	unsigned idle = add_vm(f, "idle", 512), busy = add_vm(f, "busy", 512);
+	set_stats(f, idle, 480, 0);
+	set_stats(f, busy, 64, 0);
+	for (int i = 0; i < 3; i++) {
+		step(f);
+		assert_string_equal(f->out.host_rule, "goal_reclaim");
+		assert_int_equal(target_mib(f, idle), 16 * (i + 1));
+		assert_int_equal(target_mib(f, busy), 0);
+		set_stats(f, idle, 480 - 16 * (i + 1), 0);
+	}
+	step(f);
+	assert_string_equal(f->out.host_rule, "hold");
+	assert_int_equal(target_mib(f, idle), 48);
+	assert_int_equal(target_mib(f, busy), 0);
+	fx_free(f);
+}
+
 /* The scanner gets more CPU while memory is wanted and duplicates are found, the minimum
  * when a full pass finds nothing or COW breaks undo the merges. */
 static void scanner_steering(void **state)
@@ -935,6 +959,7 @@ int main(void)
 		cmocka_unit_test(majflt_guard_and_no_balloon),
 		cmocka_unit_test(guest_figures),
 		cmocka_unit_test(goals),
+		cmocka_unit_test(rate_limit_does_not_redirect),
 		cmocka_unit_test(scanner_steering),
 		cmocka_unit_test(config_errors),
 		cmocka_unit_test(reload_keeps_state),
