@@ -54,7 +54,7 @@ static void one_guest_each_balloon_gives_back_stale_memory(void **state)
 		printf("[  SKIP    ] %s\n", why);
 		skip();
 	}
-	char exe[PATH_MAX], cmd[2 * PATH_MAX], out_dir[] = "/tmp/mv-density-test-XXXXXX";
+	char exe[PATH_MAX], cmd[2 * PATH_MAX], out_dir[] = "/tmp/memvirt-density-test-XXXXXX";
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	assert_true(n > 0);
 	exe[n] = 0;
