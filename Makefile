@@ -244,6 +244,8 @@ $(B)/tests/daemon/test_metrics: $(B)/obj/daemon/metrics.o tests/daemon/promcheck
 $(B)/tests/daemon/%: TEST_LIBS := $(LDLIBS_DAEMON)
 # test_daemon runs the daemon and the admin's commands: the CLI.
 $(B)/tests/daemon/test_daemon: $(B)/memvirt
+# test_density_uml runs `memvirt density --guests uml`: the CLI.
+$(B)/tests/tools/test_density_uml: $(B)/memvirt
 $(B)/tests/daemon/%: TEST_DEFS := -DMV_SRC_DIR='"$(CURDIR)"'
 
 # The soak's smoke test runs its loop for 10 s.

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *const stop_names[] = { "budget", "guest OOM", "error", "max guests" };
+const char *const density_stop_names[] = { "budget", "guest OOM", "error", "max guests", "time bound" };
 
 FILE *density_log_open(const struct density_opts *o, enum density_config c)
 {
@@ -33,7 +33,13 @@ static void usage(FILE *f)
 	        "  --max-guests N     stop there (default %d)\n"
 	        "  --policy FILE      policy engine configuration (INI, see policy/README.md)\n"
 	        "  --out DIR          density.csv, density.png and decision logs (default memvirt-density)\n"
-	        "  --json             one JSON object on stdout instead of the table\n",
+	        "  --json             one JSON object on stdout instead of the table\n"
+	        "  --guests sim|uml   sim (default): simulated guests; uml: real Linux guests\n"
+	        "                     (User-mode Linux, root) for none and balloon only, beside\n"
+	        "                     the simulated figures of the same size (density-uml.csv/.png)\n"
+	        "  --guest-mib N      uml: guest RAM (default: the profile's RAM x scale, 256 MiB)\n"
+	        "  --max-time S       uml: bound on each configuration's run (default 600)\n"
+	        "  uml defaults: --max-guests 12, --configs none,balloon\n",
 	        DENSITY_MAX_GUESTS);
 }
 
@@ -64,12 +70,15 @@ static int parse(int argc, char **argv, struct density_opts *o)
 		{ "scale", required_argument, NULL, 's' }, { "configs", required_argument, NULL, 'c' },
 		{ "max-guests", required_argument, NULL, 'm' }, { "policy", required_argument, NULL, 'P' },
 		{ "out", required_argument, NULL, 'o' }, { "json", no_argument, NULL, 'j' },
+		{ "guests", required_argument, NULL, 'g' }, { "guest-mib", required_argument, NULL, 'G' },
+		{ "max-time", required_argument, NULL, 'T' },
 		{ "help", no_argument, NULL, 'h' }, { 0 } };
-	const char *profile = "idle", *configs = "none,balloon,sharing,both,ksm";
+	const char *profile = "idle", *configs = NULL;
+	bool max_given = false;
 	int c, err = 0;
 	double mib;
 	uint64_t n;
-	while (!err && (c = getopt_long(argc, argv, "p:b:s:c:m:P:o:jh", opts, NULL)) != -1) {
+	while (!err && (c = getopt_long(argc, argv, "p:b:s:c:m:P:o:jg:G:T:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'p': profile = optarg; break;
 		case 'b':
@@ -81,7 +90,20 @@ static int parse(int argc, char **argv, struct density_opts *o)
 		case 'm':
 			err = bench_arg_uint("--max-guests", optarg, 1, DENSITY_MAX_GUESTS, &n);
 			o->max_guests = (unsigned)n;
+			max_given = true;
 			break;
+		case 'g':
+			if (strcmp(optarg, "sim") && strcmp(optarg, "uml")) {
+				fprintf(stderr, "memvirt density: --guests: sim or uml, not '%s'\n", optarg);
+				err = -EINVAL;
+			}
+			o->uml = !strcmp(optarg, "uml");
+			break;
+		case 'G':
+			err = bench_arg_uint("--guest-mib", optarg, 64, 1 << 16, &n);
+			o->guest_mib = (unsigned)n;
+			break;
+		case 'T': err = bench_arg_double("--max-time", optarg, 10, 86400, &o->run_max_s); break;
 		case 'P': o->policy_file = optarg; break;
 		case 'o': o->out_dir = optarg; break;
 		case 'j': o->json = o->quiet = true; break;
@@ -91,10 +113,16 @@ static int parse(int argc, char **argv, struct density_opts *o)
 	}
 	if (err)
 		return err;
+	if (o->uml && !max_given)
+		o->max_guests = 12; /* enough for 256 MiB balloon guests to reach 1024 MiB */
+	if (!configs)
+		configs = o->uml ? "none,balloon" : "none,balloon,sharing,both,ksm";
 	if (!(o->profile = mvw_profile_find(profile))) {
 		fprintf(stderr, "memvirt density: unknown profile '%s' (idle, web, db, clones)\n", profile);
 		return -EINVAL;
 	}
+	if (o->guest_mib) /* the guest's RAM given outright: the scale follows */
+		o->scale = (double)o->guest_mib * (1 << 20) / (double)o->profile->ram_bytes;
 	if (o->budget_mib < 64 || !(o->scale > 0 && o->scale <= 4) || !o->max_guests ||
 	    o->max_guests > DENSITY_MAX_GUESTS) {
 		fprintf(stderr, "memvirt density: need --budget-mib >= 64, 0 < --scale <= 4, "
@@ -156,7 +184,7 @@ static void print_table(const struct density_opts *o, const struct density_resul
 		printf("%-8s %6u %9.0f %9.0f %9.0f %9.0f %7.2f %5llu %10llu  %s%s%s\n",
 		       density_config_names[c], x->guests, x->host_mib, x->balloon_mib, x->sharing_mib,
 		       x->zero_mib, x->cpu_s, (unsigned long long)x->guest_ooms,
-		       (unsigned long long)x->mismatches, stop_names[x->stop], x->why[0] ? ": " : "", x->why);
+		       (unsigned long long)x->mismatches, density_stop_names[x->stop], x->why[0] ? ": " : "", x->why);
 	}
 	if (r[DC_NONE].ran && r[DC_NONE].guests && r[DC_BOTH].ran)
 		printf("\nboth / none: %.2fx", (double)r[DC_BOTH].guests / r[DC_NONE].guests);
@@ -186,7 +214,7 @@ static void print_json(const struct density_opts *o, const struct density_result
 		json_object_object_add(j, "shared_mib", json_object_new_double(x->sharing_mib));
 		json_object_object_add(j, "zero_mib", json_object_new_double(x->zero_mib));
 		json_object_object_add(j, "wall_s", json_object_new_double(x->wall_s));
-		json_object_object_add(j, "stopped_by", json_object_new_string(stop_names[x->stop]));
+		json_object_object_add(j, "stopped_by", json_object_new_string(density_stop_names[x->stop]));
 		if (x->why[0])
 			json_object_object_add(j, "error", json_object_new_string(x->why));
 		json_object_object_add(cs, density_config_names[c], j);
@@ -203,10 +231,12 @@ static void print_json(const struct density_opts *o, const struct density_result
 int density_main(int argc, char **argv)
 {
 	struct density_opts o = { .scale = 0.25, .budget_mib = 1024, .floor_pct = 5, .guest_floor_pct = 2,
-	                          .max_guests = 40, .period_ms = 250, .settle_max_s = 30,
+	                          .max_guests = 40, .period_ms = 250, .settle_max_s = 30, .run_max_s = 600,
 	                          .out_dir = "memvirt-density" };
 	if (parse(argc, argv, &o))
 		return 2;
+	if (o.uml)
+		return density_uml_main(&o);
 	if (o.configs[DC_KSM] && !kc_ksm_available()) {
 		fprintf(stderr, "memvirt density: kernel KSM comparison skipped (needs root and %s)\n", KC_KSM_DIR);
 		o.configs[DC_KSM] = false;

@@ -12,6 +12,7 @@ static void usage(FILE *f)
 	fprintf(f, "usage: memvirt <command> [options]\n\n"
 	        "commands:\n"
 	        "  density [--profile P] [--budget-mib N] [--json]  guests that fit, per configuration\n"
+	        "  density --guests uml [--guest-mib N] ...         the same with real Linux guests (UML)\n"
 	        "  explain [FILE...]                                policy decision log for people\n"
 	        "  bench scan [--profile P] [--vs-ksm] [--json]   page sharing vs kernel KSM\n"
 	        "  bench balloon [--json]                           balloon inflate/deflate speed\n"
