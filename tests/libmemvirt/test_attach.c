@@ -631,12 +631,8 @@ static void free_while_absent(void **state)
 	d_stop(f);
 	link_new(f, f->h, 600000);
 	usleep(50000); /* most likely waiting out retry_ms by now */
-	struct timespec t0, t1;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	mv_attach_free(f->a);
+	mv_attach_free(f->a); /* returns: a wait of 600 s would outlast the runner's timeout */
 	f->a = NULL;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	assert_true(t1.tv_sec - t0.tv_sec < 300); /* not the 600 s of retry_ms */
 }
 
 static void remove_vm(void **state)
@@ -697,6 +693,8 @@ static void no_host(void **state)
 {
 	struct fx *f = *state;
 	mv_attach_free(f->a);
+	d_stop(f); /* the freed link's connection may wait in the backlog: a fresh listener */
+	d_listen(f);
 	link_new(f, NULL, 10);
 	struct mv__aw_msg m;
 	d_accept(f, &m);
