@@ -727,6 +727,21 @@ static void conflicting_config_still_starts(void **state)
 	assert_int_not_equal(rc, 0);
 	assert_non_null(strstr(out, "min_mib"));
 	ok("set web min=512M");                              /* corrected */
+	/* SIGHUP reloads the file: a bad one is refused with its line, the policy stays */
+	c = fopen(f.conf, "w");
+	assert_non_null(c);
+	fputs(POLICY "[vm web]\nmax_mib = 1024\ntau = 2\n", c);
+	fclose(c);
+	kill(f.daemon, SIGHUP);
+	assert_true(wait_log(&f, "reload refused, the policy in force stays", 5));
+	assert_true(log_has(&f, "line 9"));               /* tau is no [vm] key */
+	c = fopen(f.conf, "w");
+	assert_non_null(c);
+	fputs(POLICY "[vm web]\nmax_mib = 768\n", c);
+	fclose(c);
+	kill(f.daemon, SIGHUP);
+	assert_true(wait_log(&f, "policy reloaded", 5));
+	assert_int_equal(run(out, sizeof(out), "status"), 0);
 	char path[160];
 	snprintf(path, sizeof(path), "%s/state.json", f.state);
 	json_object *st = json_object_from_file(path);
