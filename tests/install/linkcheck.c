@@ -102,6 +102,13 @@ int main(void)
 	       (unsigned long long)st.pages_scanned, (unsigned long long)st.pages_merged,
 	       (unsigned long long)st.pages_zero);
 
+	/* A link to a host daemon that is not there: made, VM added and removed, freed. */
+	struct mv_attach *link;
+	CHECK(mv_host_attach(host, "/nonexistent/memvirt-agent.sock", NULL, &link));
+	CHECK(mv_attach_add_vm(link, "linkcheck", vm, balloon));
+	CHECK(mv_attach_remove_vm(link, "linkcheck"));
+	mv_attach_free(link);
+
 	mv_policy_free(policy);
 	mv_balloon_free(balloon);
 	mv_vm_free(vm);

@@ -28,6 +28,12 @@ echo "libmemvirt.so needs: $needed"
 case " $needed" in *" libm.so"*) ;; *) fail "libmemvirt.so does not record libm";; esac
 if nm -D --undefined-only "$lib" | grep -q 'XXH'; then fail "libmemvirt.so needs xxHash symbols"; fi
 pkg-config --exists memvirt || fail "pkg-config does not find memvirt: $(pkg-config --print-errors memvirt 2>&1)"
+# The daemon's unit runs the installed CLI; systemd accepts it where systemd is there.
+unit="$tmp/usr/lib/systemd/system/memvirtd.service"
+grep -q "^ExecStart=$tmp/usr/bin/memvirt daemon " "$unit" 2>/dev/null || fail "memvirtd.service missing or not for $tmp/usr/bin"
+if command -v systemd-analyze >/dev/null; then
+	systemd-analyze verify "$unit" >"$tmp/verify.log" 2>&1 || { cat "$tmp/verify.log"; fail "systemd-analyze verify memvirtd.service"; }
+fi
 echo "pkg-config --libs --static memvirt: $(pkg-config --libs --static memvirt)"
 
 # build NAME COMPILER LANG LINK...: compile linkcheck.c as LANG, link, run; 77 = skip.
