@@ -91,7 +91,9 @@ static json_object *vm_json(const struct md_vm_view *v)
 	} else {
 		json_object_put(b);
 	}
-	u(o, "shared_bytes", v->scanner_valid ? v->scanner.pages_sharing * 4096 : 0);
+	json_object_object_add(o, "domain", json_object_new_string(v->domain));
+	/* its pages backed by a page shared with others (the saving is its domain's) */
+	u(o, "shared_bytes", v->scanner_valid ? v->scanner.pages_merged * 4096 : 0);
 	u(o, "zero_bytes", v->scanner_valid ? v->scanner.pages_zero * 4096 : 0);
 	const struct mv_balloon_info *bi = &v->balloon;
 	if (v->has_balloon && bi->stats_valid >> MV_BSTAT_MEMFREE & 1)

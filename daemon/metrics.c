@@ -67,8 +67,7 @@ static const struct vm_metric vm_metrics[] = {
 	STAT("memvirt_vm_guest_oom_kills_total", C, "Guest OOM kills.", MV_BSTAT_OOM_KILLS),
 	STAT("memvirt_vm_guest_alloc_stalls_total", C, "Guest allocation stalls.", MV_BSTAT_ALLOC_STALLS),
 	{ "memvirt_vm_guest_stats_age_seconds", G, "Time since the guest's last statistics report.", C_STATS_AGE, 0, K_NS, BF(stats_age_ns) },
-	{ "memvirt_vm_scanner_pages_shared", G, "Canonical pages held for the VM's merged pages.", C_SCANNER, 0, K_U64, SF(pages_shared) },
-	{ "memvirt_vm_scanner_pages_sharing", G, "Guest pages saved by sharing.", C_SCANNER, 0, K_U64, SF(pages_sharing) },
+	{ "memvirt_vm_scanner_pages_merged", G, "Guest pages backed by a page shared in the VM's trust domain (the saving is the domain's: memvirt_host_saved_bytes).", C_SCANNER, 0, K_U64, SF(pages_merged) },
 	{ "memvirt_vm_scanner_pages_zero", G, "Zero pages released.", C_SCANNER, 0, K_U64, SF(pages_zero) },
 	{ "memvirt_vm_scanner_pages_volatile", G, "Pages found written again since the last look.", C_SCANNER, 0, K_U64, SF(pages_volatile) },
 	{ "memvirt_vm_scanner_cow_debt_bytes", G, "Memory needed if every shared and zero page were written.", C_SCANNER, 0, K_U64, SF(cow_debt_bytes) },
@@ -157,6 +156,7 @@ static void put_vm_family(FILE *out, const struct vm_metric *m, const struct md_
 		head = true;
 		fputs(m->name, out);
 		put_label(out, "{", "vm", v->name, sizeof(v->name));
+		put_label(out, ",", "domain", v->domain, sizeof(v->domain));
 		put_label(out, ",", "source", v->source, sizeof(v->source));
 		fputs("} ", out);
 		put_vm_value(out, m, v);

@@ -16,6 +16,7 @@
 struct md_vm_view {
 	char name[MD_NAME];
 	char source[16];              /* "vhost-user" or "agent" */
+	char domain[80];              /* trust domain (mv_vm_domain()), "" if unknown */
 	char client[80];              /* the reporting process's name (agent HELLO) */
 	uint64_t ram_bytes;
 	bool has_balloon;
@@ -55,10 +56,10 @@ struct md_snapshot {
 	int64_t need_bytes;
 	double scanner_cpu_share;
 	uint64_t ticks;               /* policy periods run */
-	/* savings by source, summed over VMs */
-	uint64_t balloon_bytes;       /* held by balloons (actual) */
-	uint64_t shared_bytes;        /* pages_sharing x 4 KiB */
-	uint64_t zero_bytes;          /* pages_zero x 4 KiB */
+	/* savings by source */
+	uint64_t balloon_bytes;       /* held by balloons (actual), summed over VMs */
+	uint64_t shared_bytes;        /* pages_sharing x 4 KiB of the linked hosts' scanners */
+	uint64_t zero_bytes;          /* pages_zero x 4 KiB, likewise */
 	uint64_t reported_bytes;      /* free page reporting, cumulative */
 	unsigned nr_vms;
 	struct md_vm_view *vms;

@@ -154,6 +154,7 @@ static void fill_vm(struct md *d, const struct md_vm *v, struct md_vm_view *w)
 	struct md_agent *a = md_agent_by_id(d, v->agent);
 	bool worker = a && !strncmp(a->client, "vhost-user ", 11);
 	snprintf(w->source, sizeof(w->source), "%s", worker ? "vhost-user" : "agent");
+	snprintf(w->domain, sizeof(w->domain), "%s", v->r.domain);
 	snprintf(w->client, sizeof(w->client), "%s", a ? a->client : "");
 	w->ram_bytes = v->r.ram_bytes;
 	w->has_balloon = v->r.has_balloon;
@@ -204,8 +205,10 @@ void md_snapshot_update(struct md *d)
 		fill_vm(d, &d->vms[i], w);
 		s.balloon_bytes += w->has_balloon ? w->balloon.actual_bytes : 0;
 		s.reported_bytes += w->has_balloon ? w->balloon.reported_bytes : 0;
-		s.shared_bytes += w->scanner_valid ? w->scanner.pages_sharing * 4096 : 0;
-		s.zero_bytes += w->scanner_valid ? w->scanner.pages_zero * 4096 : 0;
+	}
+	if (d->host.scanner_valid) { /* sharing saves per domain: the hosts' totals */
+		s.shared_bytes = d->host.scanner.pages_sharing * 4096;
+		s.zero_bytes = d->host.scanner.pages_zero * 4096;
 	}
 	for (unsigned i = 0; i < d->set.nr_added; i++) {
 		if (md_vm_find(d, d->set.added[i].name))

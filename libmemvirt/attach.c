@@ -104,6 +104,7 @@ static void vm_block(const struct mv_attach *a, const struct att_vm *v, struct m
 {
 	memset(out, 0, sizeof(*out));
 	memcpy(out->name, v->name, sizeof(out->name));
+	snprintf(out->domain, sizeof(out->domain), "%s", mv_vm_domain(v->vm));
 	out->ram_bytes = vm_ram_bytes(v->vm);
 	out->has_balloon = v->balloon && !mv_balloon_info(v->balloon, &out->balloon);
 	if (!out->has_balloon)

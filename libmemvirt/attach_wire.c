@@ -10,7 +10,7 @@
 
 #define SCAN_U64     17                            /* the counters of struct mv_scan_stats */
 #define SCAN_BLOCK   (8 + SCAN_U64 * 8)            /* valid, 7 zero bytes, the counters */
-#define VM_BLOCK     (MV_AW_NAME + 8 + 8 + 30 * 8 + SCAN_BLOCK)
+#define VM_BLOCK     (MV_AW_NAME + MV_AW_DOMAIN + 8 + 8 + 30 * 8 + SCAN_BLOCK)
 #define REPORT_FIXED (8 + SCAN_BLOCK + 8)          /* seq, host scanner, nr_vms, 0 */
 
 /*
@@ -127,6 +127,7 @@ static void put_vm(struct cur *c, const struct mv__aw_vm *v)
 {
 	struct mv_balloon_info *b = (struct mv_balloon_info *)&v->balloon;
 	put_str(c, v->name, MV_AW_NAME);
+	put_str(c, v->domain, MV_AW_DOMAIN);
 	put(c, v->ram_bytes, 8);
 	put(c, v->has_balloon, 1);
 	put(c, v->scanner_valid, 1);
@@ -142,6 +143,7 @@ static void get_vm(struct cur *c, struct mv__aw_vm *v)
 {
 	memset(v, 0, sizeof(*v));
 	get_str(c, v->name, MV_AW_NAME, true);
+	get_str(c, v->domain, MV_AW_DOMAIN, false);
 	v->ram_bytes = get(c, 8);
 	v->has_balloon = get_bool(c);
 	v->scanner_valid = get_bool(c);
@@ -189,7 +191,8 @@ static bool names_ok(const struct mv__aw_msg *m)
 		       str_fits(m->u.refuse.why, MV_AW_WHY, false);
 	case MV_AW_REPORT:
 		for (uint32_t i = 0; i < m->u.report.nr_vms; i++)
-			if (!str_fits(m->vms[i].name, MV_AW_NAME, true))
+			if (!str_fits(m->vms[i].name, MV_AW_NAME, true) ||
+			    !str_fits(m->vms[i].domain, MV_AW_DOMAIN, false))
 				return false;
 		return true;
 	}

@@ -30,20 +30,24 @@
  *   REFUSE       7    both   u16 type refused, u16 0, i32 -errno, char name[64], char why[96]
  *
  *   scanner block: u8 valid, 7 bytes 0, the 17 u64 of struct mv_scan_stats in header order
- *   VM block:      char name[64], u64 ram_bytes, u8 has_balloon, u8 scanner_valid,
+ *   VM block:      char name[64], char domain[80] (its trust domain, may be empty),
+ *                  u64 ram_bytes, u8 has_balloon, u8 scanner_valid,
  *                  u8 stalled, u8 needs_reset, u32 stats_valid, then u64: target, actual,
  *                  held, released, inflated, deflated, reported, hinted, hint_discarded,
  *                  stalled_ns, stall_gap, guest_errors, features, stats_age_ns,
  *                  stats[16]; then the scanner block of the VM
  *
  * A REPORT's blocks carry exactly the fields of struct mv_balloon_info and
- * struct mv_scan_stats listed above (status is not sent).
+ * struct mv_scan_stats listed above (status is not sent). A VM's scanner counters are
+ * mv_vm_stats() (pages_sharing is a domain figure, 0 there); the host block is
+ * mv_host_stats().
  */
 
 #define MV_AW_MAGIC       0x4741564du
 #define MV_AW_VERSION     1
 #define MV_AW_HDR         12
 #define MV_AW_NAME        64
+#define MV_AW_DOMAIN      80
 #define MV_AW_CLIENT      80
 #define MV_AW_WHY         96
 #define MV_AW_MAX_VMS     64
@@ -56,6 +60,7 @@ enum mv__aw_type {
 
 struct mv__aw_vm {
 	char name[MV_AW_NAME];
+	char domain[MV_AW_DOMAIN];
 	uint64_t ram_bytes;
 	bool has_balloon;
 	struct mv_balloon_info balloon;

@@ -405,6 +405,11 @@ MV_API int mv_vm_unmerge(struct mv_vm *vm)
 	return mv_vm_set_merging(vm, false);
 }
 
+MV_API const char *mv_vm_domain(const struct mv_vm *vm)
+{
+	return vm ? vm->dom->name : NULL;
+}
+
 MV_API int mv_vm_stats(struct mv_vm *vm, struct mv_scan_stats *out)
 {
 	if (!vm || !out)

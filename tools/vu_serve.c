@@ -122,8 +122,11 @@ static void accept_conn(struct vu_serve *s)
 	unsigned max = s->o.max_conns ? s->o.max_conns : 8;
 	struct conn *c = calloc(1, sizeof(*c));
 	int err = !c ? -ENOMEM : s->n >= max || s->n >= MAX_CONNS ? -EBUSY : 0;
-	char name[32];
-	snprintf(name, sizeof(name), "vu-%u", s->next_id + 1);
+	char name[64]; /* under memvirtd, the VM's name (its domain is then vm:NAME) */
+	if (s->o.name)
+		snprintf(name, sizeof(name), "%s", s->o.name);
+	else
+		snprintf(name, sizeof(name), "vu-%u", s->next_id + 1);
 	struct mv_vm_config vc;
 	mv_vm_config_init(&vc);
 	vc.name = name;

@@ -85,6 +85,10 @@ int mv_vm_set_merging(struct mv_vm *vm, bool on);
 /* Shorthand for mv_vm_set_merging(vm, false). */
 int mv_vm_unmerge(struct mv_vm *vm);
 
+/* The VM's trust domain: the name given in its config, or "vm:NAME" for a domain of its
+ * own. Valid while the VM lives. NULL for a NULL vm. */
+const char *mv_vm_domain(const struct mv_vm *vm);
+
 /* This VM's counters. Canonical pages belong to the domain, not to one VM: here
  * pages_shared and pages_sharing are 0 (see mv_domain_stats()), and cow_debt_bytes is
  * what this VM alone would need if it wrote every merged and zero page it has. */

@@ -412,7 +412,12 @@ static void budget_shrinks_idle_guests_give_first(void **state)
 	assert_int_equal(sscanf(out, "held %d", &holder), 1);
 	sim_start(&w);
 	static const char *const all[] = { "idle-a", "idle-b", "busy", "sim" };
-	json_object_put(wait_vms(all, 4, true, 30));
+	json_object *s0 = wait_vms(all, 4, true, 30);
+	assert_string_equal(json_object_get_string(at(vm_of(s0, "sim"), "domain")), "idle");
+	assert_string_equal(json_object_get_string(at(vm_of(s0, "busy"), "domain")), "vm:busy");
+	assert_string_equal(json_object_get_string(at(vm_of(s0, "sim"), "source")), "agent");
+	assert_string_equal(json_object_get_string(at(vm_of(s0, "busy"), "source")), "vhost-user");
+	json_object_put(s0);
 	sleep(3); /* guest statistics reach the daemon */
 
 	/* 1: a small cut: idle-b (idle, fewest shares) has the lowest rho until it gave it */

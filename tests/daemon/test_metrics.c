@@ -43,6 +43,7 @@ static void rule(const char *kind, const char *name, uint64_t count)
 static void vm_web1(struct md_vm_view *v)
 {
 	snprintf(v->name, sizeof(v->name), "web1");
+	snprintf(v->domain, sizeof(v->domain), "vm:web1");
 	snprintf(v->source, sizeof(v->source), "vhost-user");
 	snprintf(v->client, sizeof(v->client), "qemu-system-x86");
 	v->ram_bytes = 8 * GIB;
@@ -71,6 +72,7 @@ static void vm_web1(struct md_vm_view *v)
 static void vm_web2(struct md_vm_view *v)
 {
 	snprintf(v->name, sizeof(v->name), "%s", WEB2);
+	snprintf(v->domain, sizeof(v->domain), "tenant-a");
 	snprintf(v->source, sizeof(v->source), "agent");
 	v->ram_bytes = 4 * GIB;
 	v->has_balloon = true;
@@ -92,6 +94,7 @@ static void vm_web2(struct md_vm_view *v)
 static void vm_batch(struct md_vm_view *v)
 {
 	snprintf(v->name, sizeof(v->name), "batch");
+	snprintf(v->domain, sizeof(v->domain), "tenant-a");
 	snprintf(v->source, sizeof(v->source), "vhost-user");
 	v->ram_bytes = 2 * GIB;
 	v->min_bytes = 256 * MIB;
@@ -279,15 +282,15 @@ static void test_promcheck_catches(void **state)
 static void test_render_content(void **state)
 {
 	char *text = render(&snap);
-	assert_true(has_line_prefix(text, "memvirt_vm_balloon_stalled{vm=\"we\\\"b\\\\1\",source=\"agent\"} 1\n"));
-	assert_true(has_line_prefix(text, "memvirt_vm_balloon_stalled{vm=\"web1\",source=\"vhost-user\"} 0\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_balloon_stalled{vm=\"we\\\"b\\\\1\",domain=\"tenant-a\",source=\"agent\"} 1\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_balloon_stalled{vm=\"web1\",domain=\"vm:web1\",source=\"vhost-user\"} 0\n"));
 	assert_false(has_line_prefix(text, "memvirt_vm_guest_free_bytes{vm=\"batch\""));
 	assert_false(has_line_prefix(text, "memvirt_vm_balloon_target_bytes{vm=\"batch\""));
-	assert_false(has_line_prefix(text, "memvirt_vm_scanner_pages_sharing{vm=\"batch\""));
+	assert_false(has_line_prefix(text, "memvirt_vm_scanner_pages_merged{vm=\"batch\""));
 	assert_false(has_line_prefix(text, "memvirt_vm_guest_swap_in_bytes_total{vm=\"we\\\""));
-	assert_true(has_line_prefix(text, "memvirt_vm_guest_oom_kills_total{vm=\"we\\\"b\\\\1\",source=\"agent\"} 1\n"));
-	assert_true(has_line_prefix(text, "memvirt_vm_scanner_cpu_seconds_total{vm=\"web1\",source=\"vhost-user\"} 1.500000000\n"));
-	assert_true(has_line_prefix(text, "memvirt_vm_shares{vm=\"batch\",source=\"vhost-user\"} 500.5\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_guest_oom_kills_total{vm=\"we\\\"b\\\\1\",domain=\"tenant-a\",source=\"agent\"} 1\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_scanner_cpu_seconds_total{vm=\"web1\",domain=\"vm:web1\",source=\"vhost-user\"} 1.500000000\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_shares{vm=\"batch\",domain=\"tenant-a\",source=\"vhost-user\"} 500.5\n"));
 	assert_true(has_line_prefix(text, "memvirt_host_psi_some_avg10_ratio 0.125\n"));
 	assert_true(has_line_prefix(text, "memvirt_host_psi_some_stall_seconds_total 4.000001\n"));
 	assert_true(has_line_prefix(text, "memvirt_host_goal_bytes{goal=\"floor\"} 2147483648\n"));
@@ -320,7 +323,7 @@ static void test_render_variants(void **state)
 
 	snprintf(vms[2].name, sizeof(vms[2].name), "a\nb");
 	text = render(&snap);
-	assert_true(has_line_prefix(text, "memvirt_vm_ram_bytes{vm=\"a\\nb\",source=\"vhost-user\"} 2147483648\n"));
+	assert_true(has_line_prefix(text, "memvirt_vm_ram_bytes{vm=\"a\\nb\",domain=\"tenant-a\",source=\"vhost-user\"} 2147483648\n"));
 	char path[128];
 	snprintf(path, sizeof(path), "%s/nl.prom", dir);
 	put_file(path, text);

@@ -17,7 +17,7 @@ import sys
 
 MAGIC, VERSION = 0x4741564d, 1
 HELLO, WELCOME, POLL, REPORT, SET_TARGET, SET_SHARE, REFUSE = range(1, 8)
-NAME, CLIENT, WHY = 64, 80, 96
+NAME, DOMAIN, CLIENT, WHY = 64, 80, 80, 96
 SCAN_U64 = 17          # the counters of struct mv_scan_stats
 BALLOON_U64 = 14 + 16  # target .. stats_age_ns, then stats[16]
 
@@ -44,7 +44,7 @@ def scan_block(valid, seed):
 
 
 def vm_block(name, seed, balloon=True, scanner=True):
-    out = field(name, NAME) + u64(seed << 24)
+    out = field(name, NAME) + field('vm:' + name, DOMAIN) + u64(seed << 24)
     out += u8(balloon) + u8(scanner) + u8(seed & 1) + u8(0) + u32(0x3ff if balloon else 0)
     out += b''.join(u64(seed * 4096 + i) for i in range(BALLOON_U64))
     return out + scan_block(scanner, seed)

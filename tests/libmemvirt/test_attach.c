@@ -451,6 +451,7 @@ static void check_report(struct fx *f, const struct mv__aw_msg *rep, const char 
 		const struct mv__aw_vm *v = &rep->vms[i];
 		bool alpha = !strcmp(names[i], "alpha");
 		assert_string_equal(v->name, names[i]);
+		assert_string_equal(v->domain, mv_vm_domain(f->vm[alpha ? 0 : 1]));
 		assert_int_equal(v->ram_bytes, (alpha ? A_PAGES : B_PAGES) * TPAGE);
 		assert_int_equal(v->has_balloon, alpha);
 		if (alpha) {
