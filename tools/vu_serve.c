@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <json-c/json.h>
 #include <memvirt/attach.h>
 #include <poll.h>
@@ -468,6 +469,17 @@ static int take_lock(struct vu_serve *s)
 	return 0;
 }
 
+/* Under memvirtd the VMM may run as another user: the socket is for the memvirt-vmm group
+ * when there is one (mode 0660), else for its owner alone (0600). */
+static void share_with_vmms(const char *path)
+{
+	struct group *g = getgrnam("memvirt-vmm");
+	if (g && !chown(path, (uid_t)-1, g->gr_gid))
+		chmod(path, 0660);
+	else
+		chmod(path, 0600);
+}
+
 static int link_daemon(struct vu_serve *s)
 {
 	char client[64];
@@ -504,6 +516,8 @@ int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_ser
 		err = s->cfd;
 		goto fail_control;
 	}
+	if (o->attach)
+		share_with_vmms(o->socket);
 	if (o->attach && (err = link_daemon(s)))
 		goto fail_attach;
 	pthread_mutex_init(&s->lock, NULL);
