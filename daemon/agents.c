@@ -1,6 +1,7 @@
 /* agents.c - the links of VMMs (mv_host_attach()) and of vhost-user workers: who may
  * connect, their reports, the decisions sent back. */
 #include "daemon.h"
+#include "prim.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -82,27 +83,10 @@ static int watch(struct md *d, int fd, void *ptr)
  * nobody listens on) is replaced. */
 int md_listen_unix(struct md *d, const char *path, gid_t gid)
 {
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(a.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(a.sun_path, path);
-	struct stat st;
-	if (!lstat(path, &st)) {
-		if (!S_ISSOCK(st.st_mode))
-			return -EEXIST; /* never remove anything but a stale socket */
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		bool live = probe >= 0 && !connect(probe, (struct sockaddr *)&a, sizeof(a));
-		if (probe >= 0)
-			close(probe);
-		if (live)
-			return -EADDRINUSE;
-		unlink(path);
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int fd = mv__listen_unix(path, 16);
 	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 16) ||
-	    chmod(path, 0660) || (gid != (gid_t)-1 && chown(path, (uid_t)-1, gid))) {
+		return fd;
+	if (chmod(path, 0660) || (gid != (gid_t)-1 && chown(path, (uid_t)-1, gid))) {
 		int err = -errno;
 		close(fd);
 		return err;

@@ -250,7 +250,9 @@ static int setup(struct md *d, char *err, size_t errlen)
 		return rc ? rc : -errno;
 	}
 	if ((rc = md_agents_listen(d)) || (rc = md_control_listen(d))) {
-		snprintf(err, errlen, "%s: %s", d->afd < 0 ? d->o.agent : d->o.control, mv_strerror(rc));
+		snprintf(err, errlen, "%s: %s", d->afd < 0 ? d->o.agent : d->o.control, rc == -EEXIST
+		         ? "something else is there (a file, or a socket a program listens on)"
+		         : mv_strerror(rc));
 		return rc;
 	}
 	if (d->o.metrics && (rc = md_http_start(d->o.metrics, fill_metrics, d, &d->http))) {

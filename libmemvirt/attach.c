@@ -75,17 +75,6 @@ static struct att_vm *vm_find(struct mv_attach *a, const char *name)
 	return NULL;
 }
 
-static uint64_t vm_ram_bytes(struct mv_vm *vm)
-{
-	uint64_t ram = 0;
-	rcu_read_lock();
-	struct mv_region_map *map = rcu_dereference(vm->map);
-	for (unsigned i = 0; map && i < map->n; i++)
-		ram += map->r[i]->size;
-	rcu_read_unlock();
-	return ram;
-}
-
 /* ---- what the daemon asks ---- */
 
 static int send_refuse(struct mv_attach *a, uint16_t type, int err, const char *name,
@@ -105,7 +94,7 @@ static void vm_block(const struct mv_attach *a, const struct att_vm *v, struct m
 	memset(out, 0, sizeof(*out));
 	memcpy(out->name, v->name, sizeof(out->name));
 	snprintf(out->domain, sizeof(out->domain), "%s", mv_vm_domain(v->vm));
-	out->ram_bytes = vm_ram_bytes(v->vm);
+	out->ram_bytes = mv__vm_ram_bytes(v->vm);
 	out->has_balloon = v->balloon && !mv_balloon_info(v->balloon, &out->balloon);
 	if (!out->has_balloon)
 		memset(&out->balloon, 0, sizeof(out->balloon));
@@ -150,7 +139,7 @@ static int apply_target(struct mv_attach *a, const char *name, uint64_t bytes, c
 		snprintf(why, MV_AW_WHY, "target not a multiple of 4 KiB");
 		return -EINVAL;
 	}
-	if (bytes > vm_ram_bytes(v->vm)) {
+	if (bytes > mv__vm_ram_bytes(v->vm)) {
 		snprintf(why, MV_AW_WHY, "target beyond the VM's RAM");
 		return -ERANGE;
 	}

@@ -154,6 +154,8 @@ struct mv_region *mv__region_of_gpa(struct mv_region_map *map, uint64_t gpa);
 int mv__vm_hold_next(struct mv_host *h, struct mv_vm *after, struct mv_vm **out);
 void mv__vm_release(struct mv_vm *vm);
 void mv__vm_remove_all(struct mv_vm *vm);
+/* Guest RAM of the VM: the sum of its regions' sizes (RCU read side inside). */
+uint64_t mv__vm_ram_bytes(struct mv_vm *vm);
 
 /* domain.c */
 int mv__domain_get(struct mv_host *h, const char *name, struct mv_domain **out);

@@ -12,6 +12,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -333,6 +336,35 @@ int mv__memfd_store(const char *name, size_t size, int *out)
 	}
 	*out = fd;
 	return 0;
+}
+
+int mv__listen_unix(const char *path, int backlog)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	if (!path || strlen(path) >= sizeof(a.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(a.sun_path, path);
+	struct stat st;
+	if (!lstat(path, &st)) {
+		if (!S_ISSOCK(st.st_mode))
+			return -EEXIST; /* never remove anything but a stale socket */
+		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		bool live = probe >= 0 && !connect(probe, (struct sockaddr *)&a, sizeof(a));
+		if (probe >= 0)
+			close(probe);
+		if (live)
+			return -EEXIST; /* another service listens there */
+		unlink(path);
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, backlog)) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return fd;
 }
 
 int mv__read_long(const char *path, long *out)

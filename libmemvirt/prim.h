@@ -97,6 +97,10 @@ extern const struct mv_prim mv__prim_linux;
 int mv__uffd_open(int *out, bool *shmem);
 int mv__memfd_store(const char *name, size_t size, int *out);
 int mv__read_long(const char *path, long *out);
+/* A listening unix socket at path (SOCK_NONBLOCK, SOCK_CLOEXEC), or -errno. A socket file
+ * already there is replaced only when stale (nobody accepts on it); anything else there,
+ * or a live socket, is -EEXIST. -ENAMETOOLONG for a path sun_path cannot hold. */
+int mv__listen_unix(const char *path, int backlog);
 int mv__count_maps(long *out);               /* lines of /proc/self/maps */
 /* What backs a range of address space (/proc/self/maps): 0 = private anonymous and
  * read-write throughout, else MV_VMA_* bits; -errno if maps cannot be read. */

@@ -405,6 +405,17 @@ MV_API int mv_vm_unmerge(struct mv_vm *vm)
 	return mv_vm_set_merging(vm, false);
 }
 
+uint64_t mv__vm_ram_bytes(struct mv_vm *vm)
+{
+	uint64_t ram = 0;
+	rcu_read_lock();
+	struct mv_region_map *map = rcu_dereference(vm->map);
+	for (unsigned i = 0; map && i < map->n; i++)
+		ram += map->r[i]->size;
+	rcu_read_unlock();
+	return ram;
+}
+
 MV_API const char *mv_vm_domain(const struct mv_vm *vm)
 {
 	return vm ? vm->dom->name : NULL;

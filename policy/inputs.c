@@ -148,22 +148,11 @@ static int gather_host(struct mv_policy *p, struct mv_policy_host_inputs *h)
 	return 0;
 }
 
-static uint64_t vm_ram_bytes(struct mv_vm *vm)
-{
-	uint64_t ram = 0;
-	rcu_read_lock();
-	struct mv_region_map *map = rcu_dereference(vm->map);
-	for (unsigned i = 0; map && i < map->n; i++)
-		ram += map->r[i]->size;
-	rcu_read_unlock();
-	return ram;
-}
-
 static void gather_vm(const struct mv__pvm *st, struct mv_policy_vm_inputs *v)
 {
 	memset(v, 0, sizeof(*v));
 	v->name = st->name;
-	v->ram_bytes = vm_ram_bytes(st->vm);
+	v->ram_bytes = mv__vm_ram_bytes(st->vm);
 	v->has_balloon = st->balloon && !mv_balloon_info(st->balloon, &v->balloon);
 	v->scanner_valid = !mv_vm_stats(st->vm, &v->scanner);
 }

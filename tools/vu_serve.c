@@ -2,6 +2,7 @@
  * from one poll loop; a control socket takes a line per command and answers in JSON. */
 #include "vu_serve.h"
 #include "bench.h"
+#include "prim.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -63,39 +64,10 @@ static FILE *logf_(struct vu_serve *s)
 	return s->o.log ? s->o.log : stderr;
 }
 
-static int listen_unix(const char *path)
-{
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	if (!path || strlen(path) >= sizeof(a.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(a.sun_path, path);
-	struct stat st;
-	if (!lstat(path, &st)) {
-		if (!S_ISSOCK(st.st_mode))
-			return -EEXIST; /* never remove anything but a stale socket */
-		int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		bool live = probe >= 0 && !connect(probe, (struct sockaddr *)&a, sizeof(a));
-		if (probe >= 0)
-			close(probe);
-		if (live)
-			return -EEXIST; /* another service listens there */
-		unlink(path);
-	}
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 8)) {
-		int err = -errno;
-		close(fd);
-		return err;
-	}
-	return fd;
-}
-
 /* The control socket is its owner's alone, whoever else may use the directory. */
 static int listen_control(const char *path)
 {
-	int fd = listen_unix(path);
+	int fd = mv__listen_unix(path, 8);
 	if (fd >= 0 && chmod(path, 0600)) {
 		int err = -errno;
 		close(fd);
@@ -507,7 +479,7 @@ int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_ser
 	int err = take_lock(s);
 	if (err)
 		goto fail_lock;
-	s->lfd = listen_unix(o->socket);
+	s->lfd = mv__listen_unix(o->socket, 8);
 	if (s->lfd < 0) {
 		err = s->lfd;
 		goto fail_listen;
