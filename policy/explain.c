@@ -90,7 +90,7 @@ static void host_goal(FILE *f, json_object *o)
 		fprintf(f, "    goal: guests hold %s of a budget of %s\n",
 		        mib(num(in, "granted")), mib(num(g, "budget")));
 	if (num(o, "guard_delta") != 0 || num(o, "unplaced") != 0)
-		fprintf(f, "    guard rules moved %s; %s could not be placed (VM limits)\n",
+		fprintf(f, "    guard rules moved %s; %s not placed this period (VM limits, rate limits)\n",
 		        mib(num(o, "guard_delta")), mib(num(o, "unplaced")));
 }
 
