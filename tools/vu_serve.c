@@ -459,7 +459,8 @@ static int link_daemon(struct vu_serve *s)
 	struct mv_attach_config ac;
 	mv_attach_config_init(&ac);
 	ac.client = client;
-	return s->o.name ? mv_host_attach(s->h, s->o.attach, &ac, &s->link) : -EINVAL;
+	/* no scanner: vhost-user memory is shared with the VMM and never merged */
+	return s->o.name ? mv_host_attach(NULL, s->o.attach, &ac, &s->link) : -EINVAL;
 }
 
 int vu_serve_new(struct mv_host *h, const struct vu_serve_opts *o, struct vu_serve **out)

@@ -463,6 +463,15 @@ static void budget_shrinks_idle_guests_give_first(void **state)
 		printf("promcheck: %s", rc ? out : "ok\n");
 		assert_true(WIFEXITED(rc) && (WEXITSTATUS(rc) == 0 || WEXITSTATUS(rc) == 2));
 	}
+	/* scanner series for the linked VM only: vhost-user memory is never merged */
+	FILE *pf = fopen(prom, "r");
+	static char text[1 << 18];
+	size_t tn = pf ? fread(text, 1, sizeof(text) - 1, pf) : 0;
+	text[tn] = 0;
+	if (pf)
+		fclose(pf);
+	assert_non_null(strstr(text, "memvirt_vm_scanner_pages_merged{vm=\"sim\""));
+	assert_null(strstr(text, "memvirt_vm_scanner_pages_merged{vm=\"busy\""));
 	struct mvw_stats st;
 	mvw_stats(w.sim, &st);
 	assert_int_equal(st.ooms, 0);
