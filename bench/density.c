@@ -325,7 +325,8 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 		fprintf(stderr, "\r%78s\r", "");
 }
 
-int density_run_one(const struct density_opts *o, enum density_config c, struct density_result *out)
+int density_in_child(const struct density_opts *o, enum density_config c,
+                     struct density_result *out, density_run_fn run)
 {
 	int fd[2];
 	if (pipe(fd))
@@ -337,10 +338,7 @@ int density_run_one(const struct density_opts *o, enum density_config c, struct 
 	if (pid == 0) {
 		close(fd[0]);
 		struct density_result res = { 0 };
-		res.log = o->log_dir ? density_log_open(o, c) : NULL;
-		run_config(o, c, &res);
-		if (res.log)
-			fclose(res.log);
+		run(o, c, &res);
 		res.log = NULL;
 		ssize_t w = write(fd[1], &res, sizeof(res));
 		_exit(w == (ssize_t)sizeof(res) ? 0 : 1);
@@ -351,4 +349,19 @@ int density_run_one(const struct density_opts *o, enum density_config c, struct 
 	int status = 0;
 	waitpid(pid, &status, 0);
 	return got == (ssize_t)sizeof(*out) ? 0 : -EIO;
+}
+
+/* The simulated run, its decision log kept when the options ask for one. */
+static void run_logged(const struct density_opts *o, enum density_config c,
+                       struct density_result *res)
+{
+	res->log = o->log_dir ? density_log_open(o, c) : NULL;
+	run_config(o, c, res);
+	if (res->log)
+		fclose(res->log);
+}
+
+int density_run_one(const struct density_opts *o, enum density_config c, struct density_result *out)
+{
+	return density_in_child(o, c, out, run_logged);
 }

@@ -53,7 +53,13 @@ struct density_result {
 	FILE *log;                 /* child only: decision records */
 };
 
-/* Run one configuration in a child process. 0 or -errno (fork, pipe, lost child). */
+/* Run one configuration: run(o, c, res) in a child process (its guests die with it), the
+ * result back over a pipe. 0 or -errno (fork, pipe, lost child). */
+typedef void (*density_run_fn)(const struct density_opts *o, enum density_config c,
+                               struct density_result *res);
+int density_in_child(const struct density_opts *o, enum density_config c,
+                     struct density_result *out, density_run_fn run);
+/* The simulated run of one configuration, in a child process. */
 int density_run_one(const struct density_opts *o, enum density_config c, struct density_result *out);
 /* The decision log of configuration c in log_dir (opened for writing), or NULL. */
 FILE *density_log_open(const struct density_opts *o, enum density_config c);

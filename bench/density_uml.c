@@ -536,26 +536,8 @@ static void run_config(const struct density_opts *o, enum density_config c, stru
 		fprintf(stderr, "\r%100s\r", "");
 }
 
-/* One configuration in a child process (the guests die with it); the result over a pipe. */
+/* One configuration in a child process (the guests die with it). */
 int density_uml_run_one(const struct density_opts *o, enum density_config c, struct density_result *out)
 {
-	int fd[2];
-	if (pipe(fd))
-		return -errno;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		close(fd[0]);
-		struct density_result res = { 0 };
-		run_config(o, c, &res);
-		ssize_t w = write(fd[1], &res, sizeof(res));
-		_exit(w == (ssize_t)sizeof(res) ? 0 : 1);
-	}
-	close(fd[1]);
-	ssize_t got = read(fd[0], out, sizeof(*out));
-	close(fd[0]);
-	waitpid(pid, NULL, 0);
-	return got == (ssize_t)sizeof(*out) ? 0 : -EIO;
+	return density_in_child(o, c, out, run_config);
 }
