@@ -397,69 +397,56 @@ int md_settings_load(struct md *d)
 	return 0;
 }
 
-struct goal_keys {
-	char goal[16];
-	uint64_t floor_mib, budget_mib;
-	double ratio;
+/* ---- what the policy in force says (the text the engine runs, defaults where silent) ---- */
+
+struct lookup {
+	const char *sect, *key;
+	char val[200];
+	bool found;
 };
 
-static int goal_key(void *user, const char *sect, const char *key, const char *val)
+static int find_key(void *user, const char *sect, const char *key, const char *val)
 {
-	struct goal_keys *g = user;
-	if (strcmp(sect, "host"))
-		return 1;
-	if (!strcmp(key, "goal"))
-		snprintf(g->goal, sizeof(g->goal), "%s", val);
-	else if (!strcmp(key, "floor_mib"))
-		g->floor_mib = strtoull(val, NULL, 10);
-	else if (!strcmp(key, "budget_mib"))
-		g->budget_mib = strtoull(val, NULL, 10);
-	else if (!strcmp(key, "ratio"))
-		g->ratio = strtod(val, NULL);
+	struct lookup *l = user;
+	if (!strcmp(sect, l->sect) && !strcmp(key, l->key)) {
+		snprintf(l->val, sizeof(l->val), "%s", val);
+		l->found = true;
+	}
 	return 1;
 }
 
-/* The goal in force (the policy text the engine runs; policy/README.md's defaults). */
+/* sect.key of the policy in force as a number, or dflt. */
+static double in_force(struct md *d, const char *sect, const char *key, double dflt)
+{
+	struct lookup l = { sect, key, "", false };
+	if (d->conf_text)
+		ini_parse_string(d->conf_text, find_key, &l);
+	return l.found ? strtod(l.val, NULL) : dflt;
+}
+
+/* The goal in force (policy/README.md's defaults). */
 void md_goal(struct md *d, char *goal, size_t len, uint64_t *bytes, double *ratio)
 {
-	struct goal_keys g = { "floor", 1024, 1024, 1.0 };
+	struct lookup l = { "host", "goal", "floor", false };
 	if (d->conf_text)
-		ini_parse_string(d->conf_text, goal_key, &g);
-	snprintf(goal, len, "%s", g.goal);
+		ini_parse_string(d->conf_text, find_key, &l);
+	snprintf(goal, len, "%s", l.val);
 	uint64_t total = d->host.mem_total_bytes;
 	if (d->host.cgroup_limit_bytes && d->host.cgroup_limit_bytes < total)
 		total = d->host.cgroup_limit_bytes;
-	*ratio = !strcmp(g.goal, "ratio") ? g.ratio : 0;
-	*bytes = !strcmp(g.goal, "floor") ? g.floor_mib << 20 : !strcmp(g.goal, "budget")
-	         ? g.budget_mib << 20 : (uint64_t)(g.ratio * (double)total);
+	double r = in_force(d, "host", "ratio", 1.0);
+	*ratio = !strcmp(l.val, "ratio") ? r : 0;
+	*bytes = !strcmp(l.val, "floor") ? (uint64_t)in_force(d, "host", "floor_mib", 1024) << 20
+	         : !strcmp(l.val, "budget") ? (uint64_t)in_force(d, "host", "budget_mib", 1024) << 20
+	         : (uint64_t)(r * (double)total);
 }
 
-struct vm_keys {
-	char sect[80];
-	uint64_t min_mib, max_mib;
-	double shares;
-};
-
-static int vm_key(void *user, const char *sect, const char *key, const char *val)
-{
-	struct vm_keys *k = user;
-	if (strcmp(sect, k->sect))
-		return 1;
-	if (!strcmp(key, "min_mib"))
-		k->min_mib = strtoull(val, NULL, 10);
-	else if (!strcmp(key, "max_mib"))
-		k->max_mib = strtoull(val, NULL, 10);
-	else if (!strcmp(key, "shares"))
-		k->shares = strtod(val, NULL);
-	return 1;
-}
-
-/* A VM's limits and shares in force (policy/README.md's defaults where none is given). */
+/* A VM's limits and shares in force. */
 void md_vm_limits(struct md *d, const char *name, uint64_t *min, uint64_t *max, double *shares)
 {
-	struct vm_keys k = { "", 256, 0, 1000 };
-	snprintf(k.sect, sizeof(k.sect), "vm %s", name);
-	if (d->conf_text)
-		ini_parse_string(d->conf_text, vm_key, &k);
-	*min = k.min_mib << 20, *max = k.max_mib << 20, *shares = k.shares;
+	char sect[80];
+	snprintf(sect, sizeof(sect), "vm %s", name);
+	*min = (uint64_t)in_force(d, sect, "min_mib", 256) << 20;
+	*max = (uint64_t)in_force(d, sect, "max_mib", 0) << 20;
+	*shares = in_force(d, sect, "shares", 1000);
 }
