@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <memvirt/memvirt.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -141,4 +142,14 @@ long tu_memfd_mappings(void)
 long tu_shared_mappings(void)
 {
 	return count_maps(false);
+}
+
+struct json_object *tu_json_at(struct json_object *o, const char *path)
+{
+	char buf[128], *save = NULL;
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (char *k = strtok_r(buf, ".", &save); o && k; k = strtok_r(NULL, ".", &save))
+		if (!json_object_object_get_ex(o, k, &o))
+			return NULL;
+	return o;
 }

@@ -39,4 +39,8 @@ struct mv_host *tu_host(void);
 /* Skip the calling cmocka test with a reason printed. */
 #define TU_SKIP(...) do { printf("[  SKIP    ] " __VA_ARGS__); printf("\n"); skip(); } while (0)
 
+/* The member at a dotted path ("host.savings.zero_bytes") of a JSON object, or NULL. */
+struct json_object;
+struct json_object *tu_json_at(struct json_object *o, const char *path);
+
 #endif

@@ -152,15 +152,7 @@ static json_object *status(void)
 	return o;
 }
 
-static json_object *at(json_object *o, const char *path)
-{
-	char buf[128], *save = NULL;
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *k = strtok_r(buf, ".", &save); o && k; k = strtok_r(NULL, ".", &save))
-		if (!json_object_object_get_ex(o, k, &o))
-			return NULL;
-	return o;
-}
+static json_object *at(json_object *o, const char *path) { return tu_json_at(o, path); }
 
 static json_object *vm_of(json_object *s, const char *name)
 {

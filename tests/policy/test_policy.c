@@ -140,11 +140,7 @@ static json_object *record(struct fx *f, const char *kind, const char *vm)
 
 static const char *jstr(json_object *o, const char *path)
 {
-	char buf[128], *save, *k;
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (k = strtok_r(buf, ".", &save); k && o; k = strtok_r(NULL, ".", &save))
-		if (!json_object_object_get_ex(o, k, &o))
-			o = NULL;
+	o = tu_json_at(o, path);
 	return o ? json_object_get_string(o) : "(none)";
 }
 

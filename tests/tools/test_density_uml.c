@@ -21,16 +21,9 @@
 #include <unistd.h>
 
 #include "uml.h"
+#include "testutil.h"
 
-static json_object *at(json_object *o, const char *path)
-{
-	char buf[128], *save = NULL;
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (char *k = strtok_r(buf, ".", &save); o && k; k = strtok_r(NULL, ".", &save))
-		if (!json_object_object_get_ex(o, k, &o))
-			return NULL;
-	return o;
-}
+static json_object *at(json_object *o, const char *path) { return tu_json_at(o, path); }
 
 static double num(json_object *o, const char *path)
 {
